@@ -1,0 +1,7 @@
+"""Configuration classes (cvpods style: nested dicts with attribute access)."""
+
+from .base_config import BaseConfig, ConfigDict, ConfigError
+from .base_detection_config import BaseDetectionConfig
+from .fcos_config import FCOSConfig
+
+__all__ = ["BaseConfig", "BaseDetectionConfig", "ConfigDict", "ConfigError", "FCOSConfig"]

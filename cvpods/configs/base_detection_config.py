@@ -1,0 +1,129 @@
+"""Defaults shared by every detector: model input, backbone, data, solver, test, output."""
+
+from __future__ import annotations
+
+import torch
+
+from .base_config import BaseConfig
+
+_DEFAULTS = dict(
+    MODEL=dict(
+        # "cuda" where a GPU is visible, else "cpu"; set it explicitly to pin a device.
+        DEVICE="cuda" if torch.cuda.is_available() else "cpu",
+        # A checkpoint, state dict, official model-zoo file, torchvision .pth or MSRA .pkl.
+        WEIGHTS="",
+        # Per-channel mean / std (in INPUT.FORMAT order, 0..255 pixel units) used to normalise.
+        PIXEL_MEAN=[103.530, 116.280, 123.675],
+        PIXEL_STD=[1.0, 1.0, 1.0],
+        BACKBONE=dict(
+            # Stages up to and including this one are frozen (0: nothing, 1: stem, 2: stem+res2).
+            FREEZE_AT=2,
+        ),
+        RESNETS=dict(
+            DEPTH=50,
+            OUT_FEATURES=["res4"],
+            # 1 is ResNet, > 1 is ResNeXt.
+            NUM_GROUPS=1,
+            # FrozenBN, BN, SyncBN or GN.
+            NORM="FrozenBN",
+            WIDTH_PER_GROUP=64,
+            # MSRA models put the stride in the 1x1 conv; torchvision models in the 3x3.
+            STRIDE_IN_1X1=True,
+            RES5_DILATION=1,
+            RES2_OUT_CHANNELS=256,
+            STEM_OUT_CHANNELS=64,
+            # Zero-initialise the last norm of each residual branch (training from scratch).
+            ZERO_INIT_RESIDUAL=False,
+        ),
+        FPN=dict(
+            IN_FEATURES=[],
+            OUT_CHANNELS=256,
+            # "" (no norm) or GN / BN / SyncBN.
+            NORM="",
+            # "sum" or "avg" of the lateral and the upsampled top-down feature.
+            FUSE_TYPE="sum",
+            # The feature P6/P7 are computed from ("res5": C5 as in RetinaNet/FCOS, or "p5").
+            BLOCK_IN_FEATURES="res5",
+        ),
+    ),
+    INPUT=dict(
+        FORMAT="BGR",
+        AUG=dict(
+            TRAIN_PIPELINES=[
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=(800,), max_size=1333, sample_style="choice"),
+                ),
+                ("RandomFlip", dict()),
+            ],
+            TEST_PIPELINES=[
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=800, max_size=1333, sample_style="choice"),
+                ),
+            ],
+        ),
+    ),
+    DATASETS=dict(
+        TRAIN=(),
+        TEST=(),
+    ),
+    DATALOADER=dict(
+        NUM_WORKERS=2,
+        # Batch images of similar aspect ratio together (less padding).
+        ASPECT_RATIO_GROUPING=True,
+        SAMPLER_TRAIN="TrainingSampler",
+        # Drop training images that have no (valid) annotation.
+        FILTER_EMPTY_ANNOTATIONS=True,
+    ),
+    SOLVER=dict(
+        # WarmupMultiStepLR or WarmupCosineLR.
+        LR_SCHEDULER_NAME="WarmupMultiStepLR",
+        MAX_ITER=40000,
+        STEPS=(30000,),
+        GAMMA=0.1,
+        WARMUP_FACTOR=1.0 / 1000,
+        WARMUP_ITERS=1000,
+        # "linear" or "constant".
+        WARMUP_METHOD="linear",
+        BASE_LR=0.01,
+        MOMENTUM=0.9,
+        WEIGHT_DECAY=1e-4,
+        # Weight decay of normalisation layers' affine parameters.
+        WEIGHT_DECAY_NORM=0.0,
+        BIAS_LR_FACTOR=1.0,
+        WEIGHT_DECAY_BIAS=1e-4,
+        CLIP_GRADIENTS=dict(
+            ENABLED=False,
+            # "value" or "norm".
+            CLIP_TYPE="value",
+            CLIP_VALUE=1.0,
+            NORM_TYPE=2.0,
+        ),
+        # Mixed precision (CUDA only).
+        AMP=dict(ENABLED=False),
+        # Total images per iteration over all processes.
+        IMS_PER_BATCH=16,
+        CHECKPOINT_PERIOD=5000,
+        # Keep this many periodic checkpoints (model_final.pth is always kept); 0 keeps all.
+        CHECKPOINT_MAX_KEEP=0,
+    ),
+    TEST=dict(
+        # Evaluate every this many iterations during training (0: only at the end).
+        EVAL_PERIOD=0,
+        DETECTIONS_PER_IMAGE=100,
+    ),
+    # Relative paths are taken from the folder the launcher runs in (the experiment folder).
+    OUTPUT_DIR="./log",
+    # < 0: a random seed, logged; >= 0: a fixed seed.
+    SEED=-1,
+    CUDNN_BENCHMARK=False,
+)
+
+
+class BaseDetectionConfig(BaseConfig):
+    """Defaults common to all detectors (backbone, input, data, solver, test, output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._register_configuration(_DEFAULTS)

@@ -1,0 +1,60 @@
+"""A batch of differently sized images padded into one tensor."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class ImageList:
+    """Padded images ``tensor [N, C, H, W]`` and each image's true ``(h, w)`` in ``image_sizes``."""
+
+    def __init__(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]]) -> None:
+        self.tensor = tensor
+        self.image_sizes = image_sizes
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        """Image ``idx`` without its padding: ``[C, h, w]``."""
+        h, w = self.image_sizes[idx]
+        return self.tensor[idx, ..., :h, :w]
+
+    def to(self, *args, **kwargs) -> ImageList:
+        return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    @staticmethod
+    def from_tensors(
+        tensors: Sequence[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0
+    ) -> ImageList:
+        """Pad ``[C, h, w]`` tensors (bottom/right) to a common size divisible by ``size_divisibility``."""
+        if len(tensors) == 0:
+            raise ValueError("ImageList.from_tensors needs at least one image")
+        shape = tensors[0].shape[:-2]
+        for t in tensors:
+            if t.shape[:-2] != shape:
+                raise ValueError(
+                    f"all images must share leading dims {tuple(shape)}; got {tuple(t.shape)}"
+                )
+        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        max_h = max(h for h, _ in image_sizes)
+        max_w = max(w for _, w in image_sizes)
+        if size_divisibility > 1:
+            max_h = int(math.ceil(max_h / size_divisibility) * size_divisibility)
+            max_w = int(math.ceil(max_w / size_divisibility) * size_divisibility)
+        if len(tensors) == 1:
+            h, w = image_sizes[0]
+            batched = F.pad(tensors[0], (0, max_w - w, 0, max_h - h), value=pad_value).unsqueeze(0)
+        else:
+            batched = tensors[0].new_full((len(tensors), *shape, max_h, max_w), pad_value)
+            for image, padded in zip(tensors, batched):
+                padded[..., : image.shape[-2], : image.shape[-1]].copy_(image)
+        return ImageList(batched.contiguous(), image_sizes)

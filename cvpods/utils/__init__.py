@@ -1,0 +1,1 @@
+"""Utilities: distributed communication, logging, events, environment."""

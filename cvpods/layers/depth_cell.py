@@ -1,0 +1,125 @@
+"""Depth cells: the residual units stacked in the deep FCOS heads.
+
+A cell is ``relu(branch(x) + x)`` with ``branch = conv2(relu(conv1(x)))``, both 3x3 convs with
+GroupNorm and no bias. The dynamic cell multiplies the branch by a spatial gate; where the gate is
+0 the cell is the identity, so at inference the branch is computed only where it is needed:
+``conv2`` where the gate is non-zero and ``conv1`` on the 3x3-dilated gate (what ``conv2`` reads).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch_norm import get_norm
+from .masked_conv import MaskedEpilogue, masked_conv2d
+from .spatial_gate import CostCollector, GateCost, SpatialGate, unit_cost
+from .wrappers import Conv2d
+
+
+def init_head_layers(module: nn.Module) -> None:
+    """Head initialisation: conv weights ~ N(0, 0.01), conv biases 0, GroupNorm 1 / 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, mean=0.0, std=0.01)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.GroupNorm):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class ResidualBranch(nn.Module):
+    """``conv2(relu(conv1(x)))`` with 3x3 convs + norm, ``channels`` in and out."""
+
+    def __init__(self, channels: int, norm: str = "GN") -> None:
+        super().__init__()
+        self.conv1 = Conv2d(channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels))
+        self.conv2 = Conv2d(channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels))
+        init_head_layers(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.conv1(x)))
+
+    def conv_costs(self) -> tuple[float, float]:
+        """MACs per output position of conv1 and conv2 (a norm layer adds one MAC per channel)."""
+        costs = []
+        for conv in (self.conv1, self.conv2):
+            macs = conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            costs.append(float(macs + (conv.out_channels if conv.norm is not None else 0)))
+        return costs[0], costs[1]
+
+    @torch.no_grad()
+    def sparse_forward(
+        self, x: torch.Tensor, conv1_mask: torch.Tensor, conv2_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The branch computed only at masked positions (``[N, H, W]`` bool masks), zeros elsewhere.
+
+        GroupNorm statistics are taken over each image's computed positions only.
+        """
+        out = masked_conv2d(x, conv1_mask, self.conv1.weight, None, 1, _epilogue(self.conv1, relu=True))
+        return masked_conv2d(out, conv2_mask, self.conv2.weight, None, 1, _epilogue(self.conv2, relu=False))
+
+
+def _epilogue(conv: Conv2d, relu: bool) -> MaskedEpilogue:
+    if isinstance(conv.norm, nn.GroupNorm):
+        return MaskedEpilogue.from_group_norm(conv.norm, relu=relu)
+    if conv.norm is not None:
+        raise ValueError(f"the sparse depth cell supports GroupNorm or no norm, not {type(conv.norm).__name__}")
+    return MaskedEpilogue(relu=relu)
+
+
+class ResidualCell(nn.Module):
+    """Static depth cell ``relu(branch(x) + x)`` (the fixed deep head)."""
+
+    def __init__(self, channels: int, norm: str = "GN") -> None:
+        super().__init__()
+        self.bottleneck = ResidualBranch(channels, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bottleneck(x) + x)
+
+    def cost_per_position(self) -> float:
+        return sum(self.bottleneck.conv_costs())
+
+
+class DynamicDepthCell(nn.Module):
+    """Gated depth cell ``relu(gate * branch(x) + x)``; the gate is a 3x3 conv of ``x``.
+
+    Training computes the branch densely (gradients reach the gate). Evaluation computes it with
+    masked convolutions at the positions the gate needs (no gradient).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_groups: int = 1,
+        norm: str = "GN",
+        gate_activation: str = "ReTanH",
+        gate_activation_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.bottleneck = ResidualBranch(channels, norm)
+        self.gate = SpatialGate(
+            channels, num_groups, kernel_size=3, padding=1, activation=gate_activation,
+            activation_kwargs=gate_activation_kwargs,
+        )
+
+    def cost(self, gate: torch.Tensor) -> GateCost:
+        """conv2 costs where the gate is open, conv1 where the 3x3-dilated gate is open."""
+        conv1_cost, conv2_cost = self.bottleneck.conv_costs()
+        dilated = F.max_pool2d(gate, kernel_size=3, stride=1, padding=1).amax(dim=1, keepdim=True)
+        return unit_cost(gate, conv2_cost) + unit_cost(dilated, conv1_cost)
+
+    def forward(self, x: torch.Tensor, costs: CostCollector | None = None) -> torch.Tensor:
+        gate = self.gate(x)
+        if costs is not None:
+            costs.add(self.cost(gate))
+        if self.training:
+            branch = self.bottleneck(x)
+        else:
+            open_ = (gate.detach() != 0).any(dim=1)
+            dilated = F.max_pool2d(open_[:, None].to(x.dtype), 3, stride=1, padding=1)[:, 0] > 0
+            branch = self.bottleneck.sparse_forward(x, dilated, open_)
+        return F.relu(self.gate.modulate(branch, gate) + x)

@@ -1,0 +1,133 @@
+"""Spatial gates of the fine-grained dynamic head, and the accounting of what they save.
+
+A spatial gate predicts, for every position of a unit's input, how much of the unit to compute:
+``gate = activation(conv(input))`` with ``NUM_GROUPS`` gate maps (the unit's channels are split
+evenly among them). The gated output is ``unit_output * gate``. With the ReTanH family a gate is
+exactly 0 on a large part of the map, and those positions need not be computed at all.
+
+Cost is counted in multiply-accumulates (MACs) per image, three ways:
+
+* ``soft``: gate value x unit cost, summed over positions (differentiable: the budget loss);
+* ``used``: (gate != 0) x unit cost: what the sparse inference path actually computes;
+* ``full``: every position x unit cost: the static head of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+GATE_ACTIVATIONS = ("ReTanH", "GeReTanH", "Sigmoid")
+
+#: The gate value every gate starts at (the head starts as a fully computed one).
+INITIAL_GATE_VALUE = 0.99
+
+
+def _retanh(x: torch.Tensor) -> torch.Tensor:
+    """``max(tanh(x), 0)``."""
+    return torch.tanh(x).clamp(min=0)
+
+
+def _geretanh(tau: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``max((tanh(x - tau) + tanh(tau)) / (1 + tanh(tau)), 0)``: ReTanH shifted by tau, rescaled to 1."""
+    t = math.tanh(tau)
+
+    def activate(x: torch.Tensor) -> torch.Tensor:
+        return ((torch.tanh(x - tau) + t) / (1 + t)).clamp(min=0)
+
+    return activate
+
+
+def gate_activation(name: str, kwargs: dict | None = None) -> tuple[Callable, Callable[[float], float]]:
+    """The activation called ``name`` and its inverse on (0, 1) (used to initialise the bias)."""
+    kwargs = dict(kwargs or {})
+    if name == "ReTanH":
+        return _retanh, math.atanh
+    if name == "Sigmoid":
+        return torch.sigmoid, lambda p: math.log(p / (1 - p))
+    if name == "GeReTanH":
+        if "tau" not in kwargs:
+            raise ValueError(
+                "MODEL.FCOS.GATE_ACTIVATION='GeReTanH' needs GATE_ACTIVATION_KARGS=dict(tau=...)"
+            )
+        tau = float(kwargs["tau"])
+        t = math.tanh(tau)
+        return _geretanh(tau), lambda p: tau + math.atanh(p * (1 + t) - t)
+    raise ValueError(f"unknown MODEL.FCOS.GATE_ACTIVATION {name!r}; expected one of {GATE_ACTIVATIONS}")
+
+
+@dataclass
+class GateCost:
+    """Per-image head cost in MACs: each field is a ``[N]`` tensor (see the module docstring)."""
+
+    soft: torch.Tensor
+    used: torch.Tensor
+    full: torch.Tensor
+
+    def __add__(self, other: GateCost) -> GateCost:
+        return GateCost(self.soft + other.soft, self.used + other.used, self.full + other.full)
+
+
+def unit_cost(gate: torch.Tensor, cost_per_position: float, detach_soft: bool = False) -> GateCost:
+    """Cost of a unit that costs ``cost_per_position`` MACs at each position of ``gate [N, G, H, W]``.
+
+    Each of the G gate maps governs ``1/G`` of the unit.
+    """
+    per_map = cost_per_position / gate.shape[1]
+    soft = gate.detach() if detach_soft else gate
+    return GateCost(
+        soft=soft.flatten(1).sum(1) * per_map,
+        used=(gate != 0).flatten(1).sum(1).to(gate.dtype) * per_map,
+        full=torch.full_like(gate[:, 0, 0, 0], gate[0].numel() * per_map),
+    )
+
+
+class CostCollector:
+    """Accumulates the :class:`GateCost` of every gated unit during one forward pass."""
+
+    def __init__(self) -> None:
+        self.total: GateCost | None = None
+
+    def add(self, cost: GateCost) -> None:
+        self.total = cost if self.total is None else self.total + cost
+
+
+class SpatialGate(nn.Module):
+    """``gate = activation(gate_conv(x))``: ``[N, C, H, W]`` -> ``[N, num_groups, H', W']``.
+
+    The conv has the kernel, padding and stride of the unit it gates, so the gate map lines up
+    with the unit's output. Weights start ~N(0, 0.01) and the bias opens every gate to 0.99.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_groups: int = 1,
+        kernel_size: int = 1,
+        padding: int = 0,
+        stride: int = 1,
+        activation: str = "ReTanH",
+        activation_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.activation_name = activation
+        self.activate, inverse = gate_activation(activation, activation_kwargs)
+        self.gate_conv = nn.Conv2d(in_channels, num_groups, kernel_size, stride=stride, padding=padding)
+        nn.init.normal_(self.gate_conv.weight, std=0.01)
+        nn.init.constant_(self.gate_conv.bias, inverse(INITIAL_GATE_VALUE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.gate_conv(x))
+
+    def modulate(self, data: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """``data [N, C, H, W] * gate [N, G, H, W]``, gate map g scaling channel group g."""
+        n, c, h, w = data.shape
+        g = gate.shape[1]
+        if g == 1:
+            return data * gate
+        return (data.view(n, g, c // g, h, w) * gate.unsqueeze(2)).view(n, c, h, w)

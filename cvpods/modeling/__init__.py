@@ -1,0 +1,13 @@
+"""Models: backbones, meta-architectures, heads, losses."""
+
+from .backbone import build_resnet_backbone, build_retinanet_resnet_fpn_backbone
+from .meta_arch import FCOS, FCOSDynamicHead, FCOSFixHead, FCOSHead
+
+__all__ = [
+    "FCOS",
+    "FCOSDynamicHead",
+    "FCOSFixHead",
+    "FCOSHead",
+    "build_resnet_backbone",
+    "build_retinanet_resnet_fpn_backbone",
+]

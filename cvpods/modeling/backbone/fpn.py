@@ -1,0 +1,153 @@
+"""Feature Pyramid Network on a bottom-up backbone, with the RetinaNet/FCOS P6-P7 top block."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...layers import Conv2d, ShapeSpec, get_norm
+from .backbone import Backbone
+from .resnet import build_resnet_backbone
+
+
+def _xavier_fill(conv: nn.Conv2d) -> None:
+    """Caffe2's XavierFill: uniform with bound sqrt(3 / fan_in); zero bias."""
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class LastLevelP6P7(nn.Module):
+    """P6 = 3x3/2 conv of the input feature; P7 = 3x3/2 conv of relu(P6)."""
+
+    num_levels = 2
+
+    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5") -> None:
+        super().__init__()
+        self.in_feature = in_feature
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for conv in (self.p6, self.p7):
+            _xavier_fill(conv)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p6 = self.p6(x)
+        p7 = self.p7(F.relu(p6))
+        return [p6, p7]
+
+
+class FPN(Backbone):
+    """Lateral 1x1 + top-down nearest upsampling + 3x3 output convs over ``in_features``.
+
+    Outputs ``p{stage}`` for each input stage (e.g. p3, p4, p5) and, with a top block, the
+    levels after it (p6, p7). Parameters: ``fpn_lateral{stage}``, ``fpn_output{stage}``,
+    ``top_block.*``, ``bottom_up.*``.
+    """
+
+    def __init__(
+        self,
+        bottom_up: Backbone,
+        in_features: list[str],
+        out_channels: int,
+        norm: str = "",
+        top_block: nn.Module | None = None,
+        fuse_type: str = "sum",
+    ) -> None:
+        super().__init__()
+        if fuse_type not in ("sum", "avg"):
+            raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got {fuse_type!r}")
+        shapes = bottom_up.output_shape()
+        missing = [f for f in in_features if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.FPN.IN_FEATURES {missing} are not produced by the backbone (it gives {list(shapes)})"
+            )
+        strides = [shapes[f].stride for f in in_features]
+        self.bottom_up = bottom_up
+        self.in_features = list(in_features)
+        self.top_block = top_block
+        self._fuse_type = fuse_type
+        self.lateral_convs = []
+        self.output_convs = []
+        use_bias = norm == ""
+        for feature, stride in zip(in_features, strides):
+            stage = int(math.log2(stride))
+            lateral = Conv2d(
+                shapes[feature].channels, out_channels, kernel_size=1, bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
+            output = Conv2d(
+                out_channels, out_channels, kernel_size=3, padding=1, bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
+            _xavier_fill(lateral)
+            _xavier_fill(output)
+            self.add_module(f"fpn_lateral{stage}", lateral)
+            self.add_module(f"fpn_output{stage}", output)
+            self.lateral_convs.append(lateral)
+            self.output_convs.append(output)
+
+        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        if top_block is not None:
+            last_stage = int(math.log2(strides[-1]))
+            for level in range(1, top_block.num_levels + 1):
+                self._out_feature_strides[f"p{last_stage + level}"] = 2 ** (last_stage + level)
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {name: out_channels for name in self._out_features}
+        self._size_divisibility = strides[-1]
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        bottom_up = self.bottom_up(x)
+        features = [bottom_up[f] for f in self.in_features]
+        top_down = self.lateral_convs[-1](features[-1])
+        results = [self.output_convs[-1](top_down)]
+        for feature, lateral_conv, output_conv in zip(
+            features[-2::-1], self.lateral_convs[-2::-1], self.output_convs[-2::-1]
+        ):
+            upsampled = F.interpolate(top_down, scale_factor=2.0, mode="nearest")
+            top_down = lateral_conv(feature) + upsampled
+            if self._fuse_type == "avg":
+                top_down = top_down / 2
+            results.insert(0, output_conv(top_down))
+        if self.top_block is not None:
+            source = self.top_block.in_feature
+            if source in bottom_up:
+                top_input = bottom_up[source]
+            else:
+                top_input = results[self._out_features.index(source)]
+            results.extend(self.top_block(top_input))
+        return dict(zip(self._out_features, results))
+
+
+def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN over MODEL.FPN.IN_FEATURES, with P6/P7 from MODEL.FPN.BLOCK_IN_FEATURES.
+
+    As in RetinaNet and FCOS, P6 is computed from C5 (``"res5"``) by default; ``"p5"`` uses P5.
+    """
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    block_in = cfg.MODEL.FPN.BLOCK_IN_FEATURES
+    if block_in == "p5":
+        top_in_channels = out_channels
+    else:
+        shapes = bottom_up.output_shape()
+        if block_in not in shapes:
+            raise ValueError(
+                f"MODEL.FPN.BLOCK_IN_FEATURES={block_in!r} is neither 'p5' nor a backbone output {list(shapes)}"
+            )
+        top_in_channels = shapes[block_in].channels
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=list(cfg.MODEL.FPN.IN_FEATURES),
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(top_in_channels, out_channels, block_in),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

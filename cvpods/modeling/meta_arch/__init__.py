@@ -1,0 +1,7 @@
+"""Meta-architectures (whole detectors) and their heads."""
+
+from .fcos import FCOS
+from .fcos_heads import FCOSDynamicHead, FCOSFixHead, FCOSHead, FCOSHeadOutputs
+from .head_complexity import HeadComplexityMeter
+
+__all__ = ["FCOS", "FCOSDynamicHead", "FCOSFixHead", "FCOSHead", "FCOSHeadOutputs", "HeadComplexityMeter"]

@@ -1,0 +1,300 @@
+"""FCOS: Fully Convolutional One-Stage object detection (Tian et al., ICCV 2019).
+
+Every location of every FPN level predicts K class logits, the distances (l, t, r, b) from the
+location to the four sides of a box, and a centerness logit. Training assigns each location to
+the smallest ground-truth box that contains it (optionally only near the box centre) and whose
+size suits the location's level; inference keeps the top candidates per level, scores them by
+``sqrt(class probability x centerness)`` and applies class-aware NMS.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, sigmoid_focal_loss
+
+from ...layers import ShapeSpec
+from ...structures import Boxes, ImageList, Instances
+from ...utils import comm
+from ..backbone import Backbone, build_retinanet_resnet_fpn_backbone
+from ..box_regression import Shift2BoxTransform
+from ..losses import iou_loss
+from ..postprocessing import detector_postprocess
+from ..shift_generator import ShiftGenerator
+from .fcos_heads import FCOSDynamicHead, FCOSHead, FCOSHeadOutputs
+from .head_complexity import HeadComplexityMeter
+
+logger = logging.getLogger(__name__)
+
+
+def flatten_levels(per_level: list[torch.Tensor]) -> torch.Tensor:
+    """Levels of ``[N, K, h_l, w_l]`` -> ``[N, R, K]`` with R = sum of h_l * w_l (row-major)."""
+    return torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level], dim=1)
+
+
+class FCOS(nn.Module):
+    """The FCOS detector around a backbone (ResNet-FPN by default) and an FCOS head class.
+
+    Call it cvpods-style: ``model(batched_inputs)`` with a list of dicts holding ``image``
+    (``[3, H, W]`` in INPUT.FORMAT, 0..255), ``instances`` (``gt_boxes``, ``gt_classes``; training)
+    and optional ``height`` / ``width`` (output resolution). Training returns a dict of losses;
+    evaluation returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``.
+    """
+
+    def __init__(self, cfg, backbone: Backbone | None = None, head_cls: type[nn.Module] = FCOSHead) -> None:
+        super().__init__()
+        fcos = cfg.MODEL.FCOS
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.num_classes = fcos.NUM_CLASSES
+        self.in_features = list(fcos.IN_FEATURES)
+        self.fpn_strides = list(fcos.FPN_STRIDES)
+        self.focal_loss_alpha = fcos.FOCAL_LOSS_ALPHA
+        self.focal_loss_gamma = fcos.FOCAL_LOSS_GAMMA
+        self.iou_loss_type = fcos.IOU_LOSS_TYPE
+        self.center_sampling_radius = fcos.CENTER_SAMPLING_RADIUS
+        self.object_sizes_of_interest = [list(map(float, r)) for r in fcos.OBJECT_SIZES_OF_INTEREST]
+        self.budget_loss_lambda = fcos.BUDGET_LOSS_LAMBDA
+        self.score_threshold = fcos.SCORE_THRESH_TEST
+        self.topk_candidates = fcos.TOPK_CANDIDATES_TEST
+        self.nms_threshold = fcos.NMS_THRESH_TEST
+        self.max_detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
+        if len(self.object_sizes_of_interest) != len(self.in_features):
+            raise ValueError(
+                f"MODEL.FCOS.OBJECT_SIZES_OF_INTEREST has {len(self.object_sizes_of_interest)} ranges "
+                f"for {len(self.in_features)} levels (MODEL.FCOS.IN_FEATURES)"
+            )
+
+        if backbone is None:
+            backbone = build_retinanet_resnet_fpn_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        self.backbone = backbone
+        shapes = backbone.output_shape()
+        missing = [f for f in self.in_features if f not in shapes]
+        if missing:
+            raise ValueError(f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {list(shapes)}")
+        feature_shapes = [shapes[f] for f in self.in_features]
+        self.head = head_cls(cfg, feature_shapes)
+        self.shift_generator = ShiftGenerator(
+            self.fpn_strides, cfg.MODEL.SHIFT_GENERATOR.OFFSET, cfg.MODEL.SHIFT_GENERATOR.NUM_SHIFTS
+        )
+        self.shift2box_transform = Shift2BoxTransform(fcos.BBOX_REG_WEIGHTS)
+        self.is_dynamic_head = isinstance(self.head, FCOSDynamicHead)
+        self.head_complexity = HeadComplexityMeter() if self.is_dynamic_head else None
+
+        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
+            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
+        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
+        self.to(self.device)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.in_features]
+        outputs: FCOSHeadOutputs = self.head(features)
+        shifts = self.shift_generator(features)
+
+        if self.training:
+            if "instances" not in batched_inputs[0]:
+                raise ValueError("FCOS in training mode needs 'instances' (gt_boxes, gt_classes) in every input")
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            targets = self.get_ground_truth(shifts, gt_instances)
+            return self.losses(*targets, outputs)
+
+        if outputs.cost is not None and self.head_complexity is not None:
+            self.head_complexity.update(outputs.cost.used)
+        results = self.inference(outputs, shifts, images.image_sizes)
+        processed = []
+        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = inputs.get("height", image_size[0])
+            width = inputs.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalise each image and pad the batch to the backbone's size divisibility."""
+        images = [(x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def get_ground_truth(
+        self, shifts: list[list[torch.Tensor]], targets: list[Instances]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FCOS targets for all R locations of all levels.
+
+        Returns ``gt_classes [N, R]`` (int64; ``num_classes`` = background),
+        ``gt_shifts_deltas [N, R, 4]`` (l, t, r, b in pixels to the matched box) and
+        ``gt_centerness [N, R]`` (in [0, 1]; meaningful on foreground only).
+        """
+        gt_classes, gt_deltas, gt_centerness = [], [], []
+        for shifts_per_image, targets_per_image in zip(shifts, targets):
+            classes, deltas, centerness = self._match_image(shifts_per_image, targets_per_image)
+            gt_classes.append(classes)
+            gt_deltas.append(deltas)
+            gt_centerness.append(centerness)
+        return torch.stack(gt_classes), torch.stack(gt_deltas), torch.stack(gt_centerness)
+
+    def _match_image(
+        self, shifts_per_level: list[torch.Tensor], targets: Instances
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shifts = torch.cat(shifts_per_level, dim=0)
+        num_shifts = shifts.shape[0]
+        gt_boxes = targets.gt_boxes
+        if len(targets) == 0:
+            # No ground truth: every location is background (the release crashes here).
+            return (
+                torch.full((num_shifts,), self.num_classes, dtype=torch.int64, device=shifts.device),
+                shifts.new_zeros(num_shifts, 4),
+                shifts.new_zeros(num_shifts),
+            )
+        size_ranges = torch.cat(
+            [shifts.new_tensor(r).expand(s.shape[0], 2) for s, r in zip(shifts_per_level, self.object_sizes_of_interest)]
+        )
+        deltas = self.shift2box_transform.get_deltas(shifts, gt_boxes.tensor.unsqueeze(1))  # [M, R, 4]
+
+        if self.center_sampling_radius > 0:
+            centers = gt_boxes.get_centers()
+            inside = []
+            for stride, level_shifts in zip(self.fpn_strides, shifts_per_level):
+                radius = stride * self.center_sampling_radius
+                center_boxes = torch.cat(
+                    (
+                        torch.max(centers - radius, gt_boxes.tensor[:, :2]),
+                        torch.min(centers + radius, gt_boxes.tensor[:, 2:]),
+                    ),
+                    dim=-1,
+                )
+                center_deltas = self.shift2box_transform.get_deltas(level_shifts, center_boxes.unsqueeze(1))
+                inside.append(center_deltas.min(dim=-1).values > 0)
+            is_in_boxes = torch.cat(inside, dim=1)
+        else:
+            is_in_boxes = deltas.min(dim=-1).values > 0
+
+        max_deltas = deltas.max(dim=-1).values
+        in_size_range = (max_deltas >= size_ranges[None, :, 0]) & (max_deltas <= size_ranges[None, :, 1])
+        areas = gt_boxes.area()[:, None].repeat(1, num_shifts)
+        areas[~is_in_boxes] = math.inf
+        areas[~in_size_range] = math.inf
+        # Several candidate boxes: the smallest one wins.
+        min_area, matched = areas.min(dim=0)
+
+        matched_deltas = self.shift2box_transform.get_deltas(shifts, gt_boxes.tensor[matched])
+        classes = targets.gt_classes[matched].clone()
+        classes[min_area == math.inf] = self.num_classes
+        left_right = matched_deltas[:, [0, 2]]
+        top_bottom = matched_deltas[:, [1, 3]]
+        centerness = torch.sqrt(
+            (left_right.min(dim=-1).values / left_right.max(dim=-1).values).clamp_(min=0)
+            * (top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values).clamp_(min=0)
+        )
+        return classes, matched_deltas, centerness
+
+    def losses(
+        self,
+        gt_classes: torch.Tensor,
+        gt_shifts_deltas: torch.Tensor,
+        gt_centerness: torch.Tensor,
+        outputs: FCOSHeadOutputs,
+    ) -> dict[str, torch.Tensor]:
+        """Focal loss (per foreground location), centerness-weighted IoU loss and centerness BCE;
+        plus ``loss_budget = lambda * mean(soft cost / full cost)`` for a dynamic head with lambda != 0.
+
+        Normalisers are averaged over all processes.
+        """
+        logits = flatten_levels(outputs.logits).reshape(-1, self.num_classes)
+        deltas = flatten_levels(outputs.bbox_reg).reshape(-1, 4)
+        centerness = flatten_levels(outputs.centerness).reshape(-1)
+        gt_classes = gt_classes.flatten()
+        gt_shifts_deltas = gt_shifts_deltas.reshape(-1, 4)
+        gt_centerness = gt_centerness.flatten()
+
+        valid = gt_classes >= 0
+        foreground = valid & (gt_classes != self.num_classes)
+        world_size = float(comm.get_world_size())
+        num_foreground = comm.all_reduce(foreground.sum().to(torch.float32)).item() / world_size
+        centerness_sum = comm.all_reduce(gt_centerness[foreground].sum()).item() / world_size
+
+        cls_targets = torch.zeros_like(logits)
+        cls_targets[foreground, gt_classes[foreground]] = 1
+        loss_cls = sigmoid_focal_loss(
+            logits[valid], cls_targets[valid], alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+        ) / max(1.0, num_foreground)
+        loss_box_reg = iou_loss(
+            deltas[foreground],
+            gt_shifts_deltas[foreground],
+            gt_centerness[foreground],
+            loss_type=self.iou_loss_type,
+            reduction="sum",
+        ) / max(1.0, centerness_sum)
+        loss_centerness = F.binary_cross_entropy_with_logits(
+            centerness[foreground], gt_centerness[foreground], reduction="sum"
+        ) / max(1.0, num_foreground)
+        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg, "loss_centerness": loss_centerness}
+
+        cost = outputs.cost
+        if cost is not None:
+            _put_scalar("complexity_ratio", (cost.used / cost.full).mean().item())
+            if self.budget_loss_lambda != 0:
+                losses["loss_budget"] = (cost.soft / cost.full).mean() * self.budget_loss_lambda
+        return losses
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def inference(
+        self, outputs: FCOSHeadOutputs, shifts: list[list[torch.Tensor]], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[Instances]:
+        """Detections per image, in the coordinates of the (unpadded) network input."""
+        logits = [flatten_levels([x]) for x in outputs.logits]
+        deltas = [flatten_levels([x]) for x in outputs.bbox_reg]
+        centerness = [flatten_levels([x]) for x in outputs.centerness]
+        return [
+            self.inference_single_image(
+                [x[i] for x in logits], [x[i] for x in deltas], [x[i] for x in centerness], shifts[i], tuple(size)
+            )
+            for i, size in enumerate(image_sizes)
+        ]
+
+    def inference_single_image(
+        self,
+        logits: list[torch.Tensor],
+        deltas: list[torch.Tensor],
+        centerness: list[torch.Tensor],
+        shifts: list[torch.Tensor],
+        image_size: tuple[int, int],
+    ) -> Instances:
+        """Per level ``logits [R_l, K]``, ``deltas [R_l, 4]``, ``centerness [R_l, 1]``, ``shifts [R_l, 2]``."""
+        boxes_all, scores_all, classes_all = [], [], []
+        for logits_l, deltas_l, centerness_l, shifts_l in zip(logits, deltas, centerness, shifts):
+            probs = logits_l.flatten().sigmoid()
+            num_topk = min(self.topk_candidates, deltas_l.size(0))
+            probs, candidates = probs.sort(descending=True)
+            probs, candidates = probs[:num_topk], candidates[:num_topk]
+            keep = probs > self.score_threshold
+            probs, candidates = probs[keep], candidates[keep]
+            locations = candidates // self.num_classes
+            classes = candidates % self.num_classes
+            boxes = self.shift2box_transform.apply_deltas(deltas_l[locations], shifts_l[locations])
+            scores = torch.sqrt(probs * centerness_l.flatten().sigmoid()[locations])
+            boxes_all.append(boxes)
+            scores_all.append(scores)
+            classes_all.append(classes)
+        boxes, scores, classes = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(classes_all)
+        keep = batched_nms(boxes, scores, classes, self.nms_threshold)[: self.max_detections_per_image]
+        return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep])
+
+
+def _put_scalar(name: str, value: float) -> None:
+    """Log a training scalar to the active event storage, if there is one."""
+    try:
+        from ...utils.events import get_event_storage
+
+        storage = get_event_storage()
+    except (ImportError, AssertionError, RuntimeError):
+        return
+    storage.put_scalar(name, value)

@@ -1,0 +1,192 @@
+"""FCOS heads: the classic FCOS head, the fixed deep head and the fine-grained dynamic head.
+
+All three share the predictors: ``cls_score`` (K logits), ``bbox_pred`` (l, t, r, b) and
+``centerness``, 3x3 convs applied to each level's tower output, plus a learnable scale per level.
+They differ in the towers (``cls_subnet`` / ``bbox_subnet``):
+
+* :class:`FCOSHead`: per level, ``NUM_CONVS`` x (3x3 conv + GN + ReLU). Depth "D2" at NUM_CONVS=4.
+* :class:`FCOSFixHead`: ``NUM_CONVS // 2`` stages of (scale fusion + residual depth cell) across
+  levels: D4 at NUM_CONVS=8, D8 at 16. The static baseline of the paper.
+* :class:`FCOSDynamicHead`: the same topology with spatial gates on every unit (fine-grained
+  dynamic routing in scale and depth); it also returns the head's per-image cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...layers import (
+    CostCollector,
+    DynamicScaleFusion,
+    GateCost,
+    Scale,
+    ScaleFusion,
+    ShapeSpec,
+    init_head_layers,
+)
+from ...layers.batch_norm import GN_NUM_GROUPS
+
+
+@dataclass
+class FCOSHeadOutputs:
+    """Per level ``l`` (strides 8..128): ``logits [N, K, h_l, w_l]``, ``bbox_reg [N, 4, h_l, w_l]``
+    (l, t, r, b in input pixels), ``centerness [N, 1, h_l, w_l]`` (logits); ``cost`` is the
+    dynamic head's per-image cost (None for static heads)."""
+
+    logits: list[torch.Tensor]
+    bbox_reg: list[torch.Tensor]
+    centerness: list[torch.Tensor]
+    cost: GateCost | None = None
+
+
+class _FCOSPredictors(nn.Module):
+    """The predictors and per-level scales shared by every FCOS head."""
+
+    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
+        super().__init__()
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"FCOS heads need the same channel count on every level, got {channels}")
+        self.in_channels = channels.pop()
+        fcos = cfg.MODEL.FCOS
+        self.num_classes = fcos.NUM_CLASSES
+        self.fpn_strides = list(fcos.FPN_STRIDES)
+        if len(self.fpn_strides) != len(input_shape):
+            raise ValueError(
+                f"MODEL.FCOS.FPN_STRIDES has {len(self.fpn_strides)} entries but the head gets "
+                f"{len(input_shape)} levels (MODEL.FCOS.IN_FEATURES)"
+            )
+        self.centerness_on_reg = fcos.CENTERNESS_ON_REG
+        self.norm_reg_targets = fcos.NORM_REG_TARGETS
+        self.num_convs = fcos.NUM_CONVS
+
+    def build_predictors(self, prior_prob: float) -> None:
+        c = self.in_channels
+        self.cls_score = nn.Conv2d(c, self.num_classes, kernel_size=3, padding=1)
+        self.bbox_pred = nn.Conv2d(c, 4, kernel_size=3, padding=1)
+        self.centerness = nn.Conv2d(c, 1, kernel_size=3, padding=1)
+        for conv in (self.cls_score, self.bbox_pred, self.centerness):
+            init_head_layers(conv)
+        # Start with every location predicting background with probability 1 - prior_prob.
+        nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.scales = nn.ModuleList([Scale(1.0) for _ in self.fpn_strides])
+
+    def predict(
+        self, cls_towers: list[torch.Tensor], bbox_towers: list[torch.Tensor], cost: GateCost | None = None
+    ) -> FCOSHeadOutputs:
+        logits, bbox_reg, centerness = [], [], []
+        for level, (cls_feat, bbox_feat) in enumerate(zip(cls_towers, bbox_towers)):
+            logits.append(self.cls_score(cls_feat))
+            centerness.append(self.centerness(bbox_feat if self.centerness_on_reg else cls_feat))
+            reg = self.scales[level](self.bbox_pred(bbox_feat))
+            if self.norm_reg_targets:
+                bbox_reg.append(F.relu(reg) * self.fpn_strides[level])
+            else:
+                bbox_reg.append(torch.exp(reg))
+        return FCOSHeadOutputs(logits, bbox_reg, centerness, cost)
+
+
+class FCOSHead(_FCOSPredictors):
+    """The FCOS head: ``NUM_CONVS`` x (3x3 conv + GN + ReLU) per branch, shared across levels."""
+
+    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
+        super().__init__(cfg, input_shape)
+        self.cls_subnet = self._tower()
+        self.bbox_subnet = self._tower()
+        init_head_layers(self)
+        self.build_predictors(cfg.MODEL.FCOS.PRIOR_PROB)
+
+    def _tower(self) -> nn.Sequential:
+        c = self.in_channels
+        layers: list[nn.Module] = []
+        for _ in range(self.num_convs):
+            layers += [nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(GN_NUM_GROUPS, c), nn.ReLU()]
+        return nn.Sequential(*layers)
+
+    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
+        """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first."""
+        return self.predict([self.cls_subnet(f) for f in features], [self.bbox_subnet(f) for f in features])
+
+    def cost_per_position(self) -> float:
+        """MACs per location of both towers (3x3 convs and GN, as the release counts them)."""
+        c = self.in_channels
+        return 2.0 * self.num_convs * (c * c * 9 + c)
+
+
+def _num_stages(cfg) -> int:
+    num_convs = cfg.MODEL.FCOS.NUM_CONVS
+    if num_convs < 2 or num_convs % 2:
+        raise ValueError(
+            f"MODEL.FCOS.NUM_CONVS must be a positive even number for the deep heads (each stage is "
+            f"a depth cell of two convs), got {num_convs}"
+        )
+    return num_convs // 2
+
+
+class FCOSFixHead(_FCOSPredictors):
+    """Fixed deep head: ``NUM_CONVS // 2`` (scale fusion + residual cell) stages per branch."""
+
+    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
+        super().__init__(cfg, input_shape)
+        stages = _num_stages(cfg)
+        resize = cfg.MODEL.FCOS.RESIZE_METHOD
+        self.cls_subnet = nn.ModuleList([ScaleFusion(self.in_channels, resize) for _ in range(stages)])
+        self.bbox_subnet = nn.ModuleList([ScaleFusion(self.in_channels, resize) for _ in range(stages)])
+        self.build_predictors(cfg.MODEL.FCOS.PRIOR_PROB)
+
+    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
+        cls_levels, bbox_levels = list(features), list(features)
+        for cls_stage, bbox_stage in zip(self.cls_subnet, self.bbox_subnet):
+            cls_levels = cls_stage(cls_levels)
+            bbox_levels = bbox_stage(bbox_levels)
+        return self.predict(cls_levels, bbox_levels)
+
+    def cost_per_position(self) -> float:
+        return sum(stage.cost_per_position() for stage in [*self.cls_subnet, *self.bbox_subnet])
+
+
+class FCOSDynamicHead(_FCOSPredictors):
+    """Fine-grained dynamic head: the fixed deep head with a spatial gate on every unit.
+
+    Config: MODEL.FCOS.NUM_GROUPS, GATE_ACTIVATION, GATE_ACTIVATION_KARGS, RESIZE_METHOD.
+    The outputs carry the head's per-image cost (:class:`~cvpods.layers.GateCost`, MACs).
+    """
+
+    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
+        super().__init__(cfg, input_shape)
+        fcos = cfg.MODEL.FCOS
+        stages = _num_stages(cfg)
+        if self.in_channels % fcos.NUM_GROUPS:
+            raise ValueError(
+                f"MODEL.FCOS.NUM_GROUPS={fcos.NUM_GROUPS} must divide the head's {self.in_channels} channels"
+            )
+
+        def stage() -> DynamicScaleFusion:
+            return DynamicScaleFusion(
+                self.in_channels,
+                num_groups=fcos.NUM_GROUPS,
+                resize_method=fcos.RESIZE_METHOD,
+                gate_activation=fcos.GATE_ACTIVATION,
+                gate_activation_kwargs=dict(fcos.GATE_ACTIVATION_KARGS),
+            )
+
+        self.cls_subnet = nn.ModuleList([stage() for _ in range(stages)])
+        self.bbox_subnet = nn.ModuleList([stage() for _ in range(stages)])
+        self.build_predictors(fcos.PRIOR_PROB)
+
+    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
+        costs = CostCollector()
+        cls_levels, bbox_levels = list(features), list(features)
+        for cls_stage in self.cls_subnet:
+            cls_levels = cls_stage(cls_levels, costs)
+        for bbox_stage in self.bbox_subnet:
+            bbox_levels = bbox_stage(bbox_levels, costs)
+        return self.predict(cls_levels, bbox_levels, costs.total)
+
+    def cost_per_position(self) -> float:
+        return sum(stage.cost_per_position() for stage in [*self.cls_subnet, *self.bbox_subnet])

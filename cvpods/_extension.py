@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from types import ModuleType
 
+import torch  # noqa: F401  (loads libc10/libtorch, which the extension links against)
+
 _C: ModuleType | None
 try:
-    from cvpods import _C  # noqa: N811
+    _C = importlib.import_module("cvpods._C")
     _IMPORT_ERROR: Exception | None = None
 except ImportError as exc:  # pragma: no cover - depends on the build
     _C = None

@@ -35,7 +35,7 @@ def get_extensions() -> list:
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     if not cpp_sources:
         return []
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-std=c++17"]}
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-std=c++20"]}
     extra_link_args = ["-fopenmp"]
     define_macros = []
     extension = CppExtension
@@ -45,7 +45,7 @@ def get_extensions() -> list:
         extension = CUDAExtension
         sources = cpp_sources + cuda_sources
         define_macros.append(("WITH_CUDA", None))
-        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-std=c++17"]
+        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-std=c++20"]
     return [
         extension(
             "cvpods._C",

@@ -11,8 +11,12 @@ RTOL = 1e-4
 ATOL = 1e-5
 
 
-def assert_tensors_close(actual: torch.Tensor, expected: torch.Tensor, what: str, atol: float = ATOL) -> None:
-    torch.testing.assert_close(actual.detach(), expected, rtol=RTOL, atol=atol, msg=lambda m: f"{what}: {m}")
+def assert_tensors_close(
+    actual: torch.Tensor, expected: torch.Tensor, what: str, atol: float = ATOL
+) -> None:
+    torch.testing.assert_close(
+        actual.detach(), expected, rtol=RTOL, atol=atol, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def assert_losses_match(losses: dict, expected: dict) -> None:
@@ -21,15 +25,23 @@ def assert_losses_match(losses: dict, expected: dict) -> None:
         assert_tensors_close(losses[name], value, name)
 
 
-def assert_detections_match(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, expected: dict) -> None:
+def assert_detections_match(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, expected: dict
+) -> None:
     """Same number and classes; boxes within 1e-2 px and scores within 1e-4, near-ties may swap."""
-    assert len(scores) == len(expected["scores"]), f"{len(scores)} detections, expected {len(expected['scores'])}"
+    assert len(scores) == len(expected["scores"]), (
+        f"{len(scores)} detections, expected {len(expected['scores'])}"
+    )
     order = scores.argsort(descending=True)
     ref_order = expected["scores"].argsort(descending=True)
     torch.testing.assert_close(scores[order], expected["scores"][ref_order], rtol=0, atol=1e-4)
     unmatched = list(range(len(scores)))
     for j in ref_order.tolist():
-        ref_box, ref_score, ref_class = expected["boxes"][j], expected["scores"][j], expected["classes"][j]
+        ref_box, ref_score, ref_class = (
+            expected["boxes"][j],
+            expected["scores"][j],
+            expected["classes"][j],
+        )
         for k in unmatched:
             if (
                 classes[k] == ref_class
@@ -39,7 +51,9 @@ def assert_detections_match(boxes: torch.Tensor, scores: torch.Tensor, classes: 
                 unmatched.remove(k)
                 break
         else:
-            raise AssertionError(f"no detection matches reference {ref_box.tolist()} {float(ref_score)} {int(ref_class)}")
+            raise AssertionError(
+                f"no detection matches reference {ref_box.tolist()} {float(ref_score)} {int(ref_class)}"
+            )
 
 
 def gt_instances(image_hw, boxes: torch.Tensor, classes: torch.Tensor) -> Instances:

@@ -15,9 +15,20 @@ def test_attribute_access_and_defaults():
 def test_merge_from_list_parses_and_checks_types():
     cfg = FCOSConfig()
     cfg.merge_from_list(
-        ["MODEL.WEIGHTS", "a.pth", "SOLVER.BASE_LR", "0.02", "SOLVER.STEPS", "(10, 20)",
-         "SOLVER.MAX_ITER", "100", "MODEL.FCOS.GATE_ACTIVATION_KARGS", "{'tau': 1.5}",
-         "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]"]
+        [
+            "MODEL.WEIGHTS",
+            "a.pth",
+            "SOLVER.BASE_LR",
+            "0.02",
+            "SOLVER.STEPS",
+            "(10, 20)",
+            "SOLVER.MAX_ITER",
+            "100",
+            "MODEL.FCOS.GATE_ACTIVATION_KARGS",
+            "{'tau': 1.5}",
+            "MODEL.PIXEL_STD",
+            "[57.375, 57.12, 58.395]",
+        ]
     )
     assert cfg.MODEL.WEIGHTS == "a.pth"
     assert cfg.SOLVER.BASE_LR == 0.02 and isinstance(cfg.SOLVER.BASE_LR, float)

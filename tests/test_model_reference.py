@@ -32,7 +32,11 @@ HEAD_FIXTURES = [
     "fcos_dynamic_d8_lambda0_1_seed3.pt",
     "fcos_dynamic_d8_lambda0_8_seed7.pt",
 ]
-FULL_FIXTURES = ["full_fcos_seed11.pt", "full_fcos_fix_d8_seed12.pt", "full_fcos_dynamic_d8_lambda0_1_seed13.pt"]
+FULL_FIXTURES = [
+    "full_fcos_seed11.pt",
+    "full_fcos_fix_d8_seed12.pt",
+    "full_fcos_dynamic_d8_lambda0_1_seed13.pt",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +59,28 @@ def test_full_size_state_dict_layout(name, layouts):
 def build_for_head_fixture(fixture: dict):
     cfg, build_model = load_experiment(fixture["name"])
     cfg.merge_from_dict(
-        {"MODEL.FPN.OUT_CHANNELS": fixture["channels"], "MODEL.FCOS.NUM_CLASSES": fixture["num_classes"], **THIN_BACKBONE}
+        {
+            "MODEL.FPN.OUT_CHANNELS": fixture["channels"],
+            "MODEL.FCOS.NUM_CLASSES": fixture["num_classes"],
+            **THIN_BACKBONE,
+        }
     )
     model = build_model(cfg)
     model.head.load_state_dict(fixture["head_state_dict"], strict=True)
     return model
 
 
-def assert_head_outputs(outputs, expected: dict, what: str, probabilities_stored: bool = False) -> None:
+def assert_head_outputs(
+    outputs, expected: dict, what: str, probabilities_stored: bool = False
+) -> None:
     """``probabilities_stored``: the official inference ran on these outputs and applied sigmoid_()
     in place on flattened views of them, so the fixture holds probabilities where such a view
     shares memory with the stored tensor: centerness on every level, logits on 1x1 levels."""
     for field in ("logits", "bbox_reg", "centerness"):
         for level, (ours, ref) in enumerate(zip(getattr(outputs, field), expected[field])):
-            if probabilities_stored and (field == "centerness" or (field == "logits" and ours.shape[-2:].numel() == 1)):
+            if probabilities_stored and (
+                field == "centerness" or (field == "logits" and ours.shape[-2:].numel() == 1)
+            ):
                 ours = ours.sigmoid()
             atol = 1e-4 if field == "bbox_reg" else 1e-5
             assert_tensors_close(ours, ref, f"{what} {field}[{level}]", atol=atol)
@@ -77,7 +89,10 @@ def assert_head_outputs(outputs, expected: dict, what: str, probabilities_stored
 def assert_cost(cost, expected: dict, what: str, index: slice = slice(None)) -> None:
     for field in ("soft", "used", "full"):
         torch.testing.assert_close(
-            getattr(cost, field)[index].double(), expected[field].double(), rtol=1e-6, atol=0,
+            getattr(cost, field)[index].double(),
+            expected[field].double(),
+            rtol=1e-6,
+            atol=0,
             msg=lambda m, f=field: f"{what} {f}: {m}",
         )
 
@@ -97,20 +112,29 @@ def test_head_fixture(fixture_name):
     outputs = model.head(features)
     assert_head_outputs(outputs, fixture["dense_outputs"], "dense", probabilities_stored=True)
 
-    targets = [gt_instances(fixture["image_hw"], b, c) for b, c in zip(fixture["gt_boxes"], fixture["gt_classes"])]
+    targets = [
+        gt_instances(fixture["image_hw"], b, c)
+        for b, c in zip(fixture["gt_boxes"], fixture["gt_classes"])
+    ]
     gt_classes, gt_deltas, gt_centerness = model.get_ground_truth(shifts, targets)
     assigned = fixture["assigned"]
     torch.testing.assert_close(gt_classes, assigned["gt_classes"])
     foreground = assigned["gt_classes"] != fixture["num_classes"]
-    assert_tensors_close(gt_deltas[foreground], assigned["gt_shifts_deltas"][foreground], "gt_shifts_deltas")
-    assert_tensors_close(gt_centerness[foreground], assigned["gt_centerness"][foreground], "gt_centerness")
+    assert_tensors_close(
+        gt_deltas[foreground], assigned["gt_shifts_deltas"][foreground], "gt_shifts_deltas"
+    )
+    assert_tensors_close(
+        gt_centerness[foreground], assigned["gt_centerness"][foreground], "gt_centerness"
+    )
 
     losses = model.losses(gt_classes, gt_deltas, gt_centerness, outputs)
     assert_losses_match(losses, fixture["losses"])
 
     results = model.inference(outputs, shifts, image_sizes)
     for result, expected in zip(results, fixture["detections"]):
-        assert_detections_match(result.pred_boxes.tensor, result.scores, result.pred_classes, expected)
+        assert_detections_match(
+            result.pred_boxes.tensor, result.scores, result.pred_classes, expected
+        )
 
     if "masked_outputs" in fixture:
         assert_cost(outputs.cost, fixture["dense_cost"], "dense cost")
@@ -146,4 +170,6 @@ def test_full_model_fixture(fixture_name):
         for x, expected in zip(inputs, fixture["detections"]):
             result = model([x])[0]["instances"]
             assert list(result.image_size) == list(expected["image_size"])
-            assert_detections_match(result.pred_boxes.tensor, result.scores, result.pred_classes, expected)
+            assert_detections_match(
+                result.pred_boxes.tensor, result.scores, result.pred_classes, expected
+            )

@@ -64,7 +64,10 @@ class ConfigDict(dict):
 
     def to_dict(self) -> dict:
         """A deep copy made of plain dicts."""
-        return {k: v.to_dict() if isinstance(v, ConfigDict) else copy.deepcopy(v) for k, v in self.items()}
+        return {
+            k: v.to_dict() if isinstance(v, ConfigDict) else copy.deepcopy(v)
+            for k, v in self.items()
+        }
 
 
 def _deep_update(target: ConfigDict, updates: dict) -> None:
@@ -104,7 +107,9 @@ def format_literal(value: Any, indent: int = 0) -> str:
     if isinstance(value, dict):
         if not value:
             return "{}"
-        lines = [f"{pad}{key!r}: {format_literal(item, indent + 1)}," for key, item in value.items()]
+        lines = [
+            f"{pad}{key!r}: {format_literal(item, indent + 1)}," for key, item in value.items()
+        ]
         return "{\n" + "\n".join(lines) + "\n" + "    " * indent + "}"
     if isinstance(value, (list, tuple)):
         items = [format_literal(item, indent + 1) for item in value]
@@ -288,7 +293,9 @@ class BaseConfig(ConfigDict):
     def diff_from_defaults(self) -> str:
         """The changed keys against :meth:`library_defaults`, one ``KEY: default -> value`` a line."""
         rows = self.diff(self.library_defaults())
-        return "\n".join(f"{k}: {_format_scalar(a)} -> {_format_scalar(b)}" for k, (a, b) in rows.items())
+        return "\n".join(
+            f"{k}: {_format_scalar(a)} -> {_format_scalar(b)}" for k, (a, b) in rows.items()
+        )
 
     def __str__(self) -> str:
         return self.dump()

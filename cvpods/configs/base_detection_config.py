@@ -67,6 +67,10 @@ _DEFAULTS = dict(
     DATASETS=dict(
         TRAIN=(),
         TEST=(),
+        # The generated "shapes_train" / "shapes_val" datasets, made on first use under
+        # $CVPODS_DATASETS (default ./datasets)/shapes/: image counts, side length range in
+        # pixels (each side drawn in [MIN_SIZE, MAX_SIZE]) and seed.
+        SHAPES=dict(NUM_TRAIN=2000, NUM_VAL=200, MIN_SIZE=256, MAX_SIZE=384, SEED=0),
     ),
     DATALOADER=dict(
         NUM_WORKERS=2,
@@ -107,6 +111,9 @@ _DEFAULTS = dict(
         CHECKPOINT_PERIOD=5000,
         # Keep this many periodic checkpoints (model_final.pth is always kept); 0 keeps all.
         CHECKPOINT_MAX_KEEP=0,
+        # DistributedDataParallel's find_unused_parameters (needed when some parameters get no
+        # gradient in some iterations).
+        DDP_FIND_UNUSED_PARAMETERS=False,
     ),
     TEST=dict(
         # Evaluate every this many iterations during training (0: only at the end).

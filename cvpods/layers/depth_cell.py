@@ -35,8 +35,12 @@ class ResidualBranch(nn.Module):
 
     def __init__(self, channels: int, norm: str = "GN") -> None:
         super().__init__()
-        self.conv1 = Conv2d(channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels))
-        self.conv2 = Conv2d(channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels))
+        self.conv1 = Conv2d(
+            channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels)
+        )
+        self.conv2 = Conv2d(
+            channels, channels, 3, padding=1, bias=False, norm=get_norm(norm, channels)
+        )
         init_head_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,15 +62,21 @@ class ResidualBranch(nn.Module):
 
         GroupNorm statistics are taken over each image's computed positions only.
         """
-        out = masked_conv2d(x, conv1_mask, self.conv1.weight, None, 1, _epilogue(self.conv1, relu=True))
-        return masked_conv2d(out, conv2_mask, self.conv2.weight, None, 1, _epilogue(self.conv2, relu=False))
+        out = masked_conv2d(
+            x, conv1_mask, self.conv1.weight, None, 1, _epilogue(self.conv1, relu=True)
+        )
+        return masked_conv2d(
+            out, conv2_mask, self.conv2.weight, None, 1, _epilogue(self.conv2, relu=False)
+        )
 
 
 def _epilogue(conv: Conv2d, relu: bool) -> MaskedEpilogue:
     if isinstance(conv.norm, nn.GroupNorm):
         return MaskedEpilogue.from_group_norm(conv.norm, relu=relu)
     if conv.norm is not None:
-        raise ValueError(f"the sparse depth cell supports GroupNorm or no norm, not {type(conv.norm).__name__}")
+        raise ValueError(
+            f"the sparse depth cell supports GroupNorm or no norm, not {type(conv.norm).__name__}"
+        )
     return MaskedEpilogue(relu=relu)
 
 
@@ -102,7 +112,11 @@ class DynamicDepthCell(nn.Module):
         super().__init__()
         self.bottleneck = ResidualBranch(channels, norm)
         self.gate = SpatialGate(
-            channels, num_groups, kernel_size=3, padding=1, activation=gate_activation,
+            channels,
+            num_groups,
+            kernel_size=3,
+            padding=1,
+            activation=gate_activation,
             activation_kwargs=gate_activation_kwargs,
         )
 

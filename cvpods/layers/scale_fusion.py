@@ -31,7 +31,9 @@ def make_resize(method: str) -> Callable[[torch.Tensor, tuple[int, int]], torch.
         return lambda x, size: F.interpolate(x, size=size, mode="bilinear", align_corners=True)
     if method == "nearest":
         return lambda x, size: F.interpolate(x, size=size, mode="nearest")
-    raise ValueError(f"unknown MODEL.FCOS.RESIZE_METHOD {method!r}; expected one of {RESIZE_METHODS}")
+    raise ValueError(
+        f"unknown MODEL.FCOS.RESIZE_METHOD {method!r}; expected one of {RESIZE_METHODS}"
+    )
 
 
 def depthwise_unit(channels: int, norm: str = "GN") -> nn.Sequential:
@@ -69,7 +71,9 @@ class ScaleFusion(nn.Module):
 
     def __init__(self, channels: int, resize_method: str = "bilinear", norm: str = "GN") -> None:
         super().__init__()
-        self.convs = nn.ModuleList([depthwise_unit(channels, norm) for _ in range(NUM_ADJACENT_LEVELS)])
+        self.convs = nn.ModuleList(
+            [depthwise_unit(channels, norm) for _ in range(NUM_ADJACENT_LEVELS)]
+        )
         self.depth_module = ResidualCell(channels, norm)
         self.output_weight = nn.Parameter(torch.ones(1))
         self.resize = make_resize(resize_method)
@@ -80,7 +84,10 @@ class ScaleFusion(nn.Module):
 
     def cost_per_position(self) -> float:
         """MACs per position of one level: both fusion units and the depth cell."""
-        return NUM_ADJACENT_LEVELS * depthwise_unit_cost(self.convs[0]) + self.depth_module.cost_per_position()
+        return (
+            NUM_ADJACENT_LEVELS * depthwise_unit_cost(self.convs[0])
+            + self.depth_module.cost_per_position()
+        )
 
 
 def depthwise_unit_cost(unit: nn.Sequential) -> float:
@@ -92,7 +99,9 @@ def depthwise_unit_cost(unit: nn.Sequential) -> float:
     """
     conv = unit[0]
     norm_cost = conv.out_channels if len(unit) > 1 else 0
-    return float(conv.in_channels * len(unit) * conv.kernel_size[0] * conv.kernel_size[1] + norm_cost)
+    return float(
+        conv.in_channels * len(unit) * conv.kernel_size[0] * conv.kernel_size[1] + norm_cost
+    )
 
 
 class GatedDepthwiseUnit(nn.Module):
@@ -112,7 +121,11 @@ class GatedDepthwiseUnit(nn.Module):
         super().__init__()
         self.convs = depthwise_unit(channels, norm)
         self.gate = SpatialGate(
-            channels, num_groups, kernel_size=3, padding=1, activation=gate_activation,
+            channels,
+            num_groups,
+            kernel_size=3,
+            padding=1,
+            activation=gate_activation,
             activation_kwargs=gate_activation_kwargs,
         )
 
@@ -138,7 +151,9 @@ class DynamicScaleFusion(nn.Module):
     ) -> None:
         super().__init__()
         gate_args = dict(
-            num_groups=num_groups, norm=norm, gate_activation=gate_activation,
+            num_groups=num_groups,
+            norm=norm,
+            gate_activation=gate_activation,
             gate_activation_kwargs=gate_activation_kwargs,
         )
         self.dynamic_convs = nn.ModuleList(
@@ -149,7 +164,9 @@ class DynamicScaleFusion(nn.Module):
         self.output_weight = nn.Parameter(torch.ones(1))
         self.resize = make_resize(resize_method)
 
-    def forward(self, levels: list[torch.Tensor], costs: CostCollector | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, levels: list[torch.Tensor], costs: CostCollector | None = None
+    ) -> list[torch.Tensor]:
         # Every unit's gate is evaluated (and costed) on every level, as in the release; the unit
         # itself only where a neighbour reads it.
         gates = [[unit.gate(x) for x in levels] for unit in self.dynamic_convs]

@@ -42,7 +42,9 @@ def _geretanh(tau: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return activate
 
 
-def gate_activation(name: str, kwargs: dict | None = None) -> tuple[Callable, Callable[[float], float]]:
+def gate_activation(
+    name: str, kwargs: dict | None = None
+) -> tuple[Callable, Callable[[float], float]]:
     """The activation called ``name`` and its inverse on (0, 1) (used to initialise the bias)."""
     kwargs = dict(kwargs or {})
     if name == "ReTanH":
@@ -57,7 +59,9 @@ def gate_activation(name: str, kwargs: dict | None = None) -> tuple[Callable, Ca
         tau = float(kwargs["tau"])
         t = math.tanh(tau)
         return _geretanh(tau), lambda p: tau + math.atanh(p * (1 + t) - t)
-    raise ValueError(f"unknown MODEL.FCOS.GATE_ACTIVATION {name!r}; expected one of {GATE_ACTIVATIONS}")
+    raise ValueError(
+        f"unknown MODEL.FCOS.GATE_ACTIVATION {name!r}; expected one of {GATE_ACTIVATIONS}"
+    )
 
 
 @dataclass
@@ -117,7 +121,9 @@ class SpatialGate(nn.Module):
         self.num_groups = num_groups
         self.activation_name = activation
         self.activate, inverse = gate_activation(activation, activation_kwargs)
-        self.gate_conv = nn.Conv2d(in_channels, num_groups, kernel_size, stride=stride, padding=padding)
+        self.gate_conv = nn.Conv2d(
+            in_channels, num_groups, kernel_size, stride=stride, padding=padding
+        )
         nn.init.normal_(self.gate_conv.weight, std=0.01)
         nn.init.constant_(self.gate_conv.bias, inverse(INITIAL_GATE_VALUE))
 

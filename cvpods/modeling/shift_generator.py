@@ -19,7 +19,9 @@ class ShiftGenerator(nn.Module):
     def __init__(self, strides: Sequence[int], offset: float = 0.0, num_shifts: int = 1) -> None:
         super().__init__()
         if num_shifts != 1:
-            raise ValueError(f"MODEL.SHIFT_GENERATOR.NUM_SHIFTS must be 1 for FCOS, got {num_shifts}")
+            raise ValueError(
+                f"MODEL.SHIFT_GENERATOR.NUM_SHIFTS must be 1 for FCOS, got {num_shifts}"
+            )
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"MODEL.SHIFT_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         self.strides = [int(s) for s in strides]

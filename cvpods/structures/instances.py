@@ -103,7 +103,9 @@ class Instances:
             elif hasattr(type(first), "cat"):
                 merged = type(first).cat(values)
             else:
-                raise ValueError(f"Instances.cat: field {name!r} of type {type(first)} cannot be concatenated")
+                raise ValueError(
+                    f"Instances.cat: field {name!r} of type {type(first)} cannot be concatenated"
+                )
             out.set(name, merged)
         return out
 

@@ -1,4 +1,5 @@
-"""Fine-grained dynamic FCOS head, depth D4, budget lambda 0.1: FCOS with the ``FCOSDynamicHead`` head on a ResNet-FPN backbone."""
+"""Fine-grained dynamic FCOS head
+(depth D4, budget lambda 0.1): FCOS with the ``FCOSDynamicHead`` head on a ResNet-FPN backbone."""
 
 from cvpods.modeling import FCOS, FCOSDynamicHead
 

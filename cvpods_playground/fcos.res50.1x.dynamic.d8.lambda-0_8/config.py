@@ -1,4 +1,5 @@
-"""Fine-grained dynamic FCOS head, depth D8, budget lambda 0.8 on COCO 2017, ResNet-50-FPN, 1x schedule (90k iterations, batch 16)."""
+"""Fine-grained dynamic FCOS head
+(depth D8, budget lambda 0.8) on COCO 2017, ResNet-50-FPN, 1x schedule (90k iterations, batch 16)."""
 
 from cvpods.configs import FCOSConfig
 
@@ -25,11 +26,17 @@ _config_dict = dict(
     INPUT=dict(
         AUG=dict(
             TRAIN_PIPELINES=[
-                ("ResizeShortestEdge", dict(short_edge_length=(800,), max_size=1333, sample_style="choice")),
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=(800,), max_size=1333, sample_style="choice"),
+                ),
                 ("RandomFlip", dict()),
             ],
             TEST_PIPELINES=[
-                ("ResizeShortestEdge", dict(short_edge_length=800, max_size=1333, sample_style="choice")),
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=800, max_size=1333, sample_style="choice"),
+                ),
             ],
         )
     ),

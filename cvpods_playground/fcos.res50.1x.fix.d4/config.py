@@ -21,11 +21,17 @@ _config_dict = dict(
     INPUT=dict(
         AUG=dict(
             TRAIN_PIPELINES=[
-                ("ResizeShortestEdge", dict(short_edge_length=(800,), max_size=1333, sample_style="choice")),
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=(800,), max_size=1333, sample_style="choice"),
+                ),
                 ("RandomFlip", dict()),
             ],
             TEST_PIPELINES=[
-                ("ResizeShortestEdge", dict(short_edge_length=800, max_size=1333, sample_style="choice")),
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=800, max_size=1333, sample_style="choice"),
+                ),
             ],
         )
     ),

@@ -24,6 +24,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }

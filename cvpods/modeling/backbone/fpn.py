@@ -76,11 +76,18 @@ class FPN(Backbone):
         for feature, stride in zip(in_features, strides):
             stage = int(math.log2(stride))
             lateral = Conv2d(
-                shapes[feature].channels, out_channels, kernel_size=1, bias=use_bias,
+                shapes[feature].channels,
+                out_channels,
+                kernel_size=1,
+                bias=use_bias,
                 norm=get_norm(norm, out_channels),
             )
             output = Conv2d(
-                out_channels, out_channels, kernel_size=3, padding=1, bias=use_bias,
+                out_channels,
+                out_channels,
+                kernel_size=3,
+                padding=1,
+                bias=use_bias,
                 norm=get_norm(norm, out_channels),
             )
             _xavier_fill(lateral)

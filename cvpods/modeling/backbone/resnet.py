@@ -15,7 +15,13 @@ from ...layers import Conv2d, ShapeSpec, freeze_batch_norms, get_norm
 from .backbone import Backbone
 
 #: Blocks per stage (res2..res5) for each supported depth.
-STAGE_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+STAGE_BLOCKS = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
 
 
 def _kaiming_fill(conv: nn.Conv2d) -> None:
@@ -35,7 +41,11 @@ class _Block(nn.Module):
         self.shortcut = None
         if in_channels != out_channels:
             self.shortcut = Conv2d(
-                in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                stride=stride,
+                bias=False,
                 norm=get_norm(norm, out_channels),
             )
 
@@ -52,14 +62,26 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     """Two 3x3 convs (ResNet-18/34)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "BN") -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "BN"
+    ) -> None:
         super().__init__(in_channels, out_channels, stride, norm)
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            stride=stride,
+            padding=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         self.conv2 = Conv2d(
-            out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False,
+            out_channels,
+            out_channels,
+            kernel_size=3,
+            stride=1,
+            padding=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         for conv in (self.conv1, self.conv2, self.shortcut):
@@ -93,16 +115,29 @@ class BottleneckBlock(_Block):
         super().__init__(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(
-            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
+            in_channels,
+            bottleneck_channels,
+            kernel_size=1,
+            stride=stride_1x1,
+            bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
         self.conv2 = Conv2d(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
-            padding=dilation, dilation=dilation, groups=num_groups, bias=False,
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
         self.conv3 = Conv2d(
-            bottleneck_channels, out_channels, kernel_size=1, bias=False,
+            bottleneck_channels,
+            out_channels,
+            kernel_size=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         for conv in (self.conv1, self.conv2, self.conv3, self.shortcut):
@@ -127,7 +162,12 @@ class BasicStem(nn.Module):
         self.out_channels = out_channels
         self.stride = 4
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=7,
+            stride=2,
+            padding=3,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         _kaiming_fill(self.conv1)
@@ -146,7 +186,9 @@ class BasicStem(nn.Module):
 class ResNet(Backbone):
     """A stem followed by stages ``res2``..``res5``; returns the stages named in ``out_features``."""
 
-    def __init__(self, stem: BasicStem, stages: list[nn.Sequential], out_features: list[str]) -> None:
+    def __init__(
+        self, stem: BasicStem, stages: list[nn.Sequential], out_features: list[str]
+    ) -> None:
         super().__init__()
         self.stem = stem
         self._out_features = list(out_features)
@@ -194,16 +236,22 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     r = cfg.MODEL.RESNETS
     depth = r.DEPTH
     if depth not in STAGE_BLOCKS:
-        raise ValueError(f"MODEL.RESNETS.DEPTH={depth} is not supported; choose from {sorted(STAGE_BLOCKS)}")
+        raise ValueError(
+            f"MODEL.RESNETS.DEPTH={depth} is not supported; choose from {sorted(STAGE_BLOCKS)}"
+        )
     norm = r.NORM
     stem = BasicStem(input_shape.channels or 3, r.STEM_OUT_CHANNELS, norm)
     out_features = list(r.OUT_FEATURES)
     last_stage = max(int(f[-1]) for f in out_features if f.startswith("res")) if out_features else 5
     basic = depth in (18, 34)
     if basic and r.RES2_OUT_CHANNELS != 64:
-        raise ValueError(f"ResNet-{depth} needs MODEL.RESNETS.RES2_OUT_CHANNELS=64, got {r.RES2_OUT_CHANNELS}")
+        raise ValueError(
+            f"ResNet-{depth} needs MODEL.RESNETS.RES2_OUT_CHANNELS=64, got {r.RES2_OUT_CHANNELS}"
+        )
     if basic and r.RES5_DILATION != 1:
-        raise ValueError(f"ResNet-{depth} does not support MODEL.RESNETS.RES5_DILATION={r.RES5_DILATION}")
+        raise ValueError(
+            f"ResNet-{depth} does not support MODEL.RESNETS.RES5_DILATION={r.RES5_DILATION}"
+        )
     if r.RES5_DILATION not in (1, 2):
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}")
 
@@ -221,10 +269,18 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
                 block = BasicBlock(in_channels, out_channels, stride=stride, norm=norm)
             else:
                 block = BottleneckBlock(
-                    in_channels, out_channels, bottleneck_channels=bottleneck_channels, stride=stride,
-                    num_groups=r.NUM_GROUPS, norm=norm, stride_in_1x1=r.STRIDE_IN_1X1, dilation=dilation,
+                    in_channels,
+                    out_channels,
+                    bottleneck_channels=bottleneck_channels,
+                    stride=stride,
+                    num_groups=r.NUM_GROUPS,
+                    norm=norm,
+                    stride_in_1x1=r.STRIDE_IN_1X1,
+                    dilation=dilation,
                 )
-            if r.ZERO_INIT_RESIDUAL and isinstance(block.last_norm(), (nn.BatchNorm2d, nn.GroupNorm)):
+            if r.ZERO_INIT_RESIDUAL and isinstance(
+                block.last_norm(), (nn.BatchNorm2d, nn.GroupNorm)
+            ):
                 nn.init.zeros_(block.last_norm().weight)
             blocks.append(block)
             in_channels = out_channels

@@ -25,16 +25,24 @@ def iou_loss(
     ``iou``: ``-log(IoU)``; ``linear_iou``: ``1 - IoU``; ``giou``: ``1 - GIoU`` (torchvision).
     """
     if loss_type not in IOU_LOSS_TYPES:
-        raise ValueError(f"unknown MODEL.FCOS.IOU_LOSS_TYPE {loss_type!r}; expected one of {IOU_LOSS_TYPES}")
+        raise ValueError(
+            f"unknown MODEL.FCOS.IOU_LOSS_TYPE {loss_type!r}; expected one of {IOU_LOSS_TYPES}"
+        )
     pred, target = _ltrb_to_boxes(pred_ltrb), _ltrb_to_boxes(target_ltrb)
     if loss_type == "giou":
         loss = generalized_box_iou_loss(pred, target, reduction="none")
     else:
         eps = torch.finfo(pred.dtype).eps
         pred_area = (pred_ltrb[:, 0] + pred_ltrb[:, 2]) * (pred_ltrb[:, 1] + pred_ltrb[:, 3])
-        target_area = (target_ltrb[:, 0] + target_ltrb[:, 2]) * (target_ltrb[:, 1] + target_ltrb[:, 3])
-        inter_w = (torch.min(pred[:, 2], target[:, 2]) - torch.max(pred[:, 0], target[:, 0])).clamp(min=0)
-        inter_h = (torch.min(pred[:, 3], target[:, 3]) - torch.max(pred[:, 1], target[:, 1])).clamp(min=0)
+        target_area = (target_ltrb[:, 0] + target_ltrb[:, 2]) * (
+            target_ltrb[:, 1] + target_ltrb[:, 3]
+        )
+        inter_w = (torch.min(pred[:, 2], target[:, 2]) - torch.max(pred[:, 0], target[:, 0])).clamp(
+            min=0
+        )
+        inter_h = (torch.min(pred[:, 3], target[:, 3]) - torch.max(pred[:, 1], target[:, 1])).clamp(
+            min=0
+        )
         inter = inter_w * inter_h
         ious = inter / (pred_area + target_area - inter).clamp(min=eps)
         loss = -ious.clamp(min=eps).log() if loss_type == "iou" else 1 - ious

@@ -4,4 +4,11 @@ from .fcos import FCOS
 from .fcos_heads import FCOSDynamicHead, FCOSFixHead, FCOSHead, FCOSHeadOutputs
 from .head_complexity import HeadComplexityMeter
 
-__all__ = ["FCOS", "FCOSDynamicHead", "FCOSFixHead", "FCOSHead", "FCOSHeadOutputs", "HeadComplexityMeter"]
+__all__ = [
+    "FCOS",
+    "FCOSDynamicHead",
+    "FCOSFixHead",
+    "FCOSHead",
+    "FCOSHeadOutputs",
+    "HeadComplexityMeter",
+]

@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 def flatten_levels(per_level: list[torch.Tensor]) -> torch.Tensor:
     """Levels of ``[N, K, h_l, w_l]`` -> ``[N, R, K]`` with R = sum of h_l * w_l (row-major)."""
-    return torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level], dim=1)
+    return torch.cat(
+        [x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level], dim=1
+    )
 
 
 class FCOS(nn.Module):
@@ -46,7 +48,9 @@ class FCOS(nn.Module):
     evaluation returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``.
     """
 
-    def __init__(self, cfg, backbone: Backbone | None = None, head_cls: type[nn.Module] = FCOSHead) -> None:
+    def __init__(
+        self, cfg, backbone: Backbone | None = None, head_cls: type[nn.Module] = FCOSHead
+    ) -> None:
         super().__init__()
         fcos = cfg.MODEL.FCOS
         self.device = torch.device(cfg.MODEL.DEVICE)
@@ -70,12 +74,16 @@ class FCOS(nn.Module):
             )
 
         if backbone is None:
-            backbone = build_retinanet_resnet_fpn_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+            backbone = build_retinanet_resnet_fpn_backbone(
+                cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+            )
         self.backbone = backbone
         shapes = backbone.output_shape()
         missing = [f for f in self.in_features if f not in shapes]
         if missing:
-            raise ValueError(f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {list(shapes)}")
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {list(shapes)}"
+            )
         feature_shapes = [shapes[f] for f in self.in_features]
         self.head = head_cls(cfg, feature_shapes)
         self.shift_generator = ShiftGenerator(
@@ -87,8 +95,12 @@ class FCOS(nn.Module):
 
         if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
             raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False
+        )
         self.to(self.device)
 
     # ------------------------------------------------------------------ forward
@@ -101,7 +113,9 @@ class FCOS(nn.Module):
 
         if self.training:
             if "instances" not in batched_inputs[0]:
-                raise ValueError("FCOS in training mode needs 'instances' (gt_boxes, gt_classes) in every input")
+                raise ValueError(
+                    "FCOS in training mode needs 'instances' (gt_boxes, gt_classes) in every input"
+                )
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             targets = self.get_ground_truth(shifts, gt_instances)
             return self.losses(*targets, outputs)
@@ -118,7 +132,10 @@ class FCOS(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise each image and pad the batch to the backbone's size divisibility."""
-        images = [(x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     # ------------------------------------------------------------------ training
@@ -149,14 +166,21 @@ class FCOS(nn.Module):
         if len(targets) == 0:
             # No ground truth: every location is background (the release crashes here).
             return (
-                torch.full((num_shifts,), self.num_classes, dtype=torch.int64, device=shifts.device),
+                torch.full(
+                    (num_shifts,), self.num_classes, dtype=torch.int64, device=shifts.device
+                ),
                 shifts.new_zeros(num_shifts, 4),
                 shifts.new_zeros(num_shifts),
             )
         size_ranges = torch.cat(
-            [shifts.new_tensor(r).expand(s.shape[0], 2) for s, r in zip(shifts_per_level, self.object_sizes_of_interest)]
+            [
+                shifts.new_tensor(r).expand(s.shape[0], 2)
+                for s, r in zip(shifts_per_level, self.object_sizes_of_interest)
+            ]
         )
-        deltas = self.shift2box_transform.get_deltas(shifts, gt_boxes.tensor.unsqueeze(1))  # [M, R, 4]
+        deltas = self.shift2box_transform.get_deltas(
+            shifts, gt_boxes.tensor.unsqueeze(1)
+        )  # [M, R, 4]
 
         if self.center_sampling_radius > 0:
             centers = gt_boxes.get_centers()
@@ -170,14 +194,18 @@ class FCOS(nn.Module):
                     ),
                     dim=-1,
                 )
-                center_deltas = self.shift2box_transform.get_deltas(level_shifts, center_boxes.unsqueeze(1))
+                center_deltas = self.shift2box_transform.get_deltas(
+                    level_shifts, center_boxes.unsqueeze(1)
+                )
                 inside.append(center_deltas.min(dim=-1).values > 0)
             is_in_boxes = torch.cat(inside, dim=1)
         else:
             is_in_boxes = deltas.min(dim=-1).values > 0
 
         max_deltas = deltas.max(dim=-1).values
-        in_size_range = (max_deltas >= size_ranges[None, :, 0]) & (max_deltas <= size_ranges[None, :, 1])
+        in_size_range = (max_deltas >= size_ranges[None, :, 0]) & (
+            max_deltas <= size_ranges[None, :, 1]
+        )
         areas = gt_boxes.area()[:, None].repeat(1, num_shifts)
         areas[~is_in_boxes] = math.inf
         areas[~in_size_range] = math.inf
@@ -223,7 +251,11 @@ class FCOS(nn.Module):
         cls_targets = torch.zeros_like(logits)
         cls_targets[foreground, gt_classes[foreground]] = 1
         loss_cls = sigmoid_focal_loss(
-            logits[valid], cls_targets[valid], alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+            logits[valid],
+            cls_targets[valid],
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="sum",
         ) / max(1.0, num_foreground)
         loss_box_reg = iou_loss(
             deltas[foreground],
@@ -235,7 +267,11 @@ class FCOS(nn.Module):
         loss_centerness = F.binary_cross_entropy_with_logits(
             centerness[foreground], gt_centerness[foreground], reduction="sum"
         ) / max(1.0, num_foreground)
-        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg, "loss_centerness": loss_centerness}
+        losses = {
+            "loss_cls": loss_cls,
+            "loss_box_reg": loss_box_reg,
+            "loss_centerness": loss_centerness,
+        }
 
         cost = outputs.cost
         if cost is not None:
@@ -247,7 +283,10 @@ class FCOS(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def inference(
-        self, outputs: FCOSHeadOutputs, shifts: list[list[torch.Tensor]], image_sizes: Sequence[tuple[int, int]]
+        self,
+        outputs: FCOSHeadOutputs,
+        shifts: list[list[torch.Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
     ) -> list[Instances]:
         """Detections per image, in the coordinates of the (unpadded) network input."""
         logits = [flatten_levels([x]) for x in outputs.logits]
@@ -255,7 +294,11 @@ class FCOS(nn.Module):
         centerness = [flatten_levels([x]) for x in outputs.centerness]
         return [
             self.inference_single_image(
-                [x[i] for x in logits], [x[i] for x in deltas], [x[i] for x in centerness], shifts[i], tuple(size)
+                [x[i] for x in logits],
+                [x[i] for x in deltas],
+                [x[i] for x in centerness],
+                shifts[i],
+                tuple(size),
             )
             for i, size in enumerate(image_sizes)
         ]
@@ -285,8 +328,15 @@ class FCOS(nn.Module):
             scores_all.append(scores)
             classes_all.append(classes)
         boxes, scores, classes = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(classes_all)
-        keep = batched_nms(boxes, scores, classes, self.nms_threshold)[: self.max_detections_per_image]
-        return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep])
+        keep = batched_nms(boxes, scores, classes, self.nms_threshold)[
+            : self.max_detections_per_image
+        ]
+        return Instances(
+            image_size,
+            pred_boxes=Boxes(boxes[keep]),
+            scores=scores[keep],
+            pred_classes=classes[keep],
+        )
 
 
 def _put_scalar(name: str, value: float) -> None:

@@ -51,7 +51,9 @@ class _FCOSPredictors(nn.Module):
         super().__init__()
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
-            raise ValueError(f"FCOS heads need the same channel count on every level, got {channels}")
+            raise ValueError(
+                f"FCOS heads need the same channel count on every level, got {channels}"
+            )
         self.in_channels = channels.pop()
         fcos = cfg.MODEL.FCOS
         self.num_classes = fcos.NUM_CLASSES
@@ -77,7 +79,10 @@ class _FCOSPredictors(nn.Module):
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.fpn_strides])
 
     def predict(
-        self, cls_towers: list[torch.Tensor], bbox_towers: list[torch.Tensor], cost: GateCost | None = None
+        self,
+        cls_towers: list[torch.Tensor],
+        bbox_towers: list[torch.Tensor],
+        cost: GateCost | None = None,
     ) -> FCOSHeadOutputs:
         logits, bbox_reg, centerness = [], [], []
         for level, (cls_feat, bbox_feat) in enumerate(zip(cls_towers, bbox_towers)):
@@ -110,7 +115,9 @@ class FCOSHead(_FCOSPredictors):
 
     def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
         """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first."""
-        return self.predict([self.cls_subnet(f) for f in features], [self.bbox_subnet(f) for f in features])
+        return self.predict(
+            [self.cls_subnet(f) for f in features], [self.bbox_subnet(f) for f in features]
+        )
 
     def cost_per_position(self) -> float:
         """MACs per location of both towers (3x3 convs and GN, as the release counts them)."""
@@ -135,8 +142,12 @@ class FCOSFixHead(_FCOSPredictors):
         super().__init__(cfg, input_shape)
         stages = _num_stages(cfg)
         resize = cfg.MODEL.FCOS.RESIZE_METHOD
-        self.cls_subnet = nn.ModuleList([ScaleFusion(self.in_channels, resize) for _ in range(stages)])
-        self.bbox_subnet = nn.ModuleList([ScaleFusion(self.in_channels, resize) for _ in range(stages)])
+        self.cls_subnet = nn.ModuleList(
+            [ScaleFusion(self.in_channels, resize) for _ in range(stages)]
+        )
+        self.bbox_subnet = nn.ModuleList(
+            [ScaleFusion(self.in_channels, resize) for _ in range(stages)]
+        )
         self.build_predictors(cfg.MODEL.FCOS.PRIOR_PROB)
 
     def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -53,3 +54,28 @@ class HeadComplexityMeter:
             f"CUR: {s['current']:.3f} GFLOPs, AVG: {s['avg']:.3f} GFLOPs, "
             f"MAX: {s['max']:.3f} GFLOPs, MIN: {s['min']:.3f} GFLOPs"
         )
+
+
+def level_sizes(
+    image_size: tuple[int, int], size_divisibility: int, strides: list[int]
+) -> list[tuple[int, int]]:
+    """Feature-map sizes of each level for an ``(H, W)`` image padded to ``size_divisibility``.
+
+    A level of stride ``s`` has ``ceil(H_pad / s) x ceil(W_pad / s)`` cells (P6/P7 come from
+    stride-2 convs with padding 1, which round up the same way).
+    """
+    h, w = image_size
+    if size_divisibility > 1:
+        h = math.ceil(h / size_divisibility) * size_divisibility
+        w = math.ceil(w / size_divisibility) * size_divisibility
+    return [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
+
+
+def head_full_cost(head, image_size: tuple[int, int], size_divisibility: int = 32) -> float:
+    """MACs of the head's towers computed at every position, for one ``(H, W)`` input image.
+
+    Unit costs are the release's (conv MACs plus one per channel for each GroupNorm; see
+    :func:`~cvpods.layers.scale_fusion.depthwise_unit_cost`); predictors and gates are not counted.
+    """
+    positions = sum(h * w for h, w in level_sizes(image_size, size_divisibility, head.fpn_strides))
+    return head.cost_per_position() * positions

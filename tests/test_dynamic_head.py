@@ -1,0 +1,181 @@
+"""Behaviour of the fine-grained dynamic head beyond the reference fixtures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import THIN_BACKBONE, load_experiment
+
+from cvpods.layers import DynamicDepthCell, SpatialGate, gate_activation
+from cvpods.modeling.meta_arch.head_complexity import head_full_cost
+
+
+def small_dynamic_model(name: str = "fcos.res50.1x.dynamic.d4.lambda-0_1", channels: int = 64):
+    cfg, build_model = load_experiment(name)
+    cfg.merge_from_dict(
+        {"MODEL.FPN.OUT_CHANNELS": channels, "MODEL.FCOS.NUM_CLASSES": 5, **THIN_BACKBONE}
+    )
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def random_features(batch: int, channels: int = 64, size=(24, 32)) -> list[torch.Tensor]:
+    h, w = size
+    torch.manual_seed(1)
+    feats = []
+    for _ in range(5):
+        feats.append(torch.randn(batch, channels, h, w))
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return feats
+
+
+def make_gates_sparse(head, bias: float = 0.0) -> None:
+    """Give the gates a noisy, partly closed pattern (the trained regime)."""
+    torch.manual_seed(2)
+    for module in head.modules():
+        if isinstance(module, SpatialGate):
+            module.gate_conv.weight.data.normal_(std=0.05)
+            module.gate_conv.bias.data.fill_(bias)
+
+
+@pytest.mark.parametrize("activation", ["ReTanH", "GeReTanH", "Sigmoid"])
+def test_gate_bias_opens_gates_to_099(activation):
+    kwargs = {"tau": 1.5} if activation == "GeReTanH" else {}
+    gate = SpatialGate(8, activation=activation, activation_kwargs=kwargs)
+    activate, _ = gate_activation(activation, kwargs)
+    value = activate(gate.gate_conv.bias.detach())
+    assert math.isclose(float(value), 0.99, rel_tol=1e-6)
+
+
+def test_gate_activation_formulas():
+    x = torch.linspace(-3, 3, 13)
+    retanh, _ = gate_activation("ReTanH")
+    geretanh, _ = gate_activation("GeReTanH", {"tau": 1.5})
+    torch.testing.assert_close(retanh(x), torch.tanh(x).clamp(min=0))
+    t = math.tanh(1.5)
+    torch.testing.assert_close(geretanh(x), ((torch.tanh(x - 1.5) + t) / (1 + t)).clamp(min=0))
+    assert float(geretanh(torch.tensor(1e4))) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="tau"):
+        gate_activation("GeReTanH", {})
+    with pytest.raises(ValueError, match="ReTanH"):
+        gate_activation("Swish")
+
+
+def test_batched_eval_equals_single_image_calls():
+    model = small_dynamic_model()
+    make_gates_sparse(model.head)
+    model.eval()
+    features = random_features(2)
+    with torch.no_grad():
+        batched = model.head(features)
+        singles = [model.head([f[i : i + 1] for f in features]) for i in range(2)]
+    assert 0 < float(batched.cost.used.sum()) < float(batched.cost.full.sum())
+    for i, single in enumerate(singles):
+        for field in ("logits", "bbox_reg", "centerness"):
+            for ours, ref in zip(getattr(batched, field), getattr(single, field)):
+                torch.testing.assert_close(ours[i : i + 1], ref, rtol=1e-4, atol=1e-5)
+        for field in ("soft", "used", "full"):
+            torch.testing.assert_close(
+                getattr(batched.cost, field)[i : i + 1], getattr(single.cost, field)
+            )
+
+
+def test_closed_gates_give_the_shortcut_and_no_used_cost():
+    cell = DynamicDepthCell(
+        64, gate_activation="GeReTanH", gate_activation_kwargs={"tau": 1.5}
+    ).eval()
+    cell.gate.gate_conv.bias.data.fill_(-50.0)
+    x = torch.randn(2, 64, 10, 12)
+    cost = []
+
+    class Collect:
+        def add(self, c):
+            cost.append(c)
+
+    with torch.no_grad():
+        out = cell(x, Collect())
+    torch.testing.assert_close(out, torch.relu(x))
+    assert float(cost[0].used.sum()) == 0.0 and float(cost[0].soft.sum()) == 0.0
+    assert float(cost[0].full.sum()) > 0
+
+
+def test_open_gates_give_the_dense_result():
+    model = small_dynamic_model()
+    for module in model.head.modules():
+        if isinstance(module, SpatialGate):
+            module.gate_conv.bias.data.fill_(50.0)
+    features = random_features(2)
+    with torch.no_grad():
+        model.train()
+        dense = model.head(features)
+        model.eval()
+        sparse = model.head(features)
+    torch.testing.assert_close(sparse.cost.used, sparse.cost.full)
+    for field in ("logits", "bbox_reg", "centerness"):
+        for ours, ref in zip(getattr(sparse, field), getattr(dense, field)):
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_budget_loss_and_complexity_record():
+    model = small_dynamic_model()
+    make_gates_sparse(model.head)
+    images = [torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8) for _ in range(2)]
+    from reference_checks import gt_instances
+
+    inputs = [
+        {
+            "image": im,
+            "instances": gt_instances(
+                (96, 128), torch.tensor([[10.0, 12, 60, 70]]), torch.tensor([1])
+            ),
+        }
+        for im in images
+    ]
+    model.train()
+    losses = model(inputs)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_centerness", "loss_budget"}
+    assert 0 < float(losses["loss_budget"]) < 0.1
+    losses["loss_budget"].backward()
+    gate = model.head.cls_subnet[0].depth_module.gate.gate_conv
+    assert gate.weight.grad is not None and float(gate.weight.grad.abs().sum()) > 0
+    # The scale-fusion gates are detached in the soft cost (as in the release).
+    fusion_gate = model.head.cls_subnet[0].dynamic_convs[0].gate.gate_conv
+    assert fusion_gate.weight.grad is None or float(fusion_gate.weight.grad.abs().sum()) == 0
+
+    model.eval()
+    model.head_complexity.reset()
+    with torch.no_grad():
+        model([{"image": images[0]}])
+        model([{"image": images[1]}])
+    summary = model.head_complexity.summary()
+    assert summary["num_images"] == 2 and summary["min"] <= summary["avg"] <= summary["max"]
+
+
+def test_lambda_zero_has_no_budget_loss():
+    model = small_dynamic_model("fcos.res50.1x.dynamic.d8.lambda-0")
+    from reference_checks import gt_instances
+
+    inputs = [
+        {
+            "image": torch.zeros(3, 64, 64),
+            "instances": gt_instances(
+                (64, 64), torch.tensor([[4.0, 4, 40, 40]]), torch.tensor([0])
+            ),
+        }
+    ]
+    model.train()
+    assert "loss_budget" not in model(inputs)
+
+
+@pytest.mark.parametrize(
+    "name, expected_gflops",
+    [("fcos.res50.1x", 98.0), ("fcos.res50.1x.fix.d4", 198.6), ("fcos.res50.1x.fix.d8", 397.2)],
+)
+def test_head_flops_match_the_paper(name, expected_gflops):
+    cfg, build_model = load_experiment(name)
+    cfg.merge_from_dict(THIN_BACKBONE)  # the head is full size; only the backbone is thin
+    model = build_model(cfg)
+    gflops = head_full_cost(model.head, (800, 1333), model.backbone.size_divisibility) / 2**30
+    assert gflops == pytest.approx(expected_gflops, rel=0.01)

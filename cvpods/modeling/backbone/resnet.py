@@ -244,10 +244,6 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     out_features = list(r.OUT_FEATURES)
     last_stage = max(int(f[-1]) for f in out_features if f.startswith("res")) if out_features else 5
     basic = depth in (18, 34)
-    if basic and r.RES2_OUT_CHANNELS != 64:
-        raise ValueError(
-            f"ResNet-{depth} needs MODEL.RESNETS.RES2_OUT_CHANNELS=64, got {r.RES2_OUT_CHANNELS}"
-        )
     if basic and r.RES5_DILATION != 1:
         raise ValueError(
             f"ResNet-{depth} does not support MODEL.RESNETS.RES5_DILATION={r.RES5_DILATION}"

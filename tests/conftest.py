@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from cvpods.engine.launcher import load_experiment as load_experiment_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PLAYGROUND = REPO / "cvpods_playground"
@@ -34,13 +34,4 @@ def load_reference(name: str) -> dict:
 
 def load_experiment(name: str):
     """``(config, build_model)`` of ``cvpods_playground/<name>`` (a fresh config each call)."""
-    folder = PLAYGROUND / name
-    modules = []
-    for stem in ("config", "net"):
-        module_name = f"_playground_{name.replace('.', '_').replace('-', '_')}_{stem}"
-        spec = importlib.util.spec_from_file_location(module_name, folder / f"{stem}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules.pop(module_name, None)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules[0].config, modules[1].build_model
+    return load_experiment_folder(str(PLAYGROUND / name))

@@ -12,24 +12,8 @@ Predictors and gate convs are not counted.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
-
-
-def load_experiment(folder: Path):
-    modules = []
-    for stem in ("config", "net"):
-        path = folder / f"{stem}.py"
-        if not path.is_file():
-            sys.exit(
-                f"error: {path} does not exist (expected an experiment folder with config.py and net.py)"
-            )
-        spec = importlib.util.spec_from_file_location(f"_experiment_{stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules[0].config, modules[1].build_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
     args = parser.parse_args(argv)
 
+    from cvpods.engine.launcher import ExperimentError, load_experiment
     from cvpods.modeling.meta_arch.head_complexity import (
         MACS_PER_GFLOP,
         head_full_cost,
@@ -49,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     for folder in args.experiments:
-        cfg, build_model = load_experiment(folder)
+        try:
+            cfg, build_model = load_experiment(str(folder))
+        except ExperimentError as error:
+            sys.exit(f"head_flops: {error}")
         cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
         model = build_model(cfg)
         divisibility = model.backbone.size_divisibility

@@ -21,6 +21,7 @@ from torchvision.ops import batched_nms, sigmoid_focal_loss
 from ...layers import ShapeSpec
 from ...structures import Boxes, ImageList, Instances
 from ...utils import comm
+from ...utils.events import get_event_storage
 from ..backbone import Backbone, build_retinanet_resnet_fpn_backbone
 from ..box_regression import Shift2BoxTransform
 from ..losses import iou_loss
@@ -342,9 +343,7 @@ class FCOS(nn.Module):
 def _put_scalar(name: str, value: float) -> None:
     """Log a training scalar to the active event storage, if there is one."""
     try:
-        from ...utils.events import get_event_storage
-
         storage = get_event_storage()
-    except (ImportError, AssertionError, RuntimeError):
+    except RuntimeError:  # not inside a trainer
         return
     storage.put_scalar(name, value)

@@ -30,6 +30,7 @@ _DEFAULTS = dict(
             # MSRA models put the stride in the 1x1 conv; torchvision models in the 3x3.
             STRIDE_IN_1X1=True,
             RES5_DILATION=1,
+            # Output channels of res2 (doubling per stage). ImageNet ResNet-18/34 use 64.
             RES2_OUT_CHANNELS=256,
             STEM_OUT_CHANNELS=64,
             # Zero-initialise the last norm of each residual branch (training from scratch).

@@ -1,0 +1,169 @@
+"""The evaluator interface and the inference loop that feeds it."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DatasetEvaluator",
+    "DatasetEvaluators",
+    "inference_context",
+    "inference_on_dataset",
+    "summarize_head_complexity",
+]
+
+
+class DatasetEvaluator:
+    """Accumulates a model's outputs over a dataset and computes metrics at the end.
+
+    ``reset()`` starts over, ``process(inputs, outputs)`` takes one batch (the loader's list of
+    dicts and the model's list of outputs), ``evaluate()`` returns ``{task: {metric: value}}`` on
+    the main process (and may return ``{}`` or None on the others).
+    """
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict | None:
+        raise NotImplementedError
+
+
+class DatasetEvaluators(DatasetEvaluator):
+    """Several evaluators run side by side; their results are merged (task names must differ)."""
+
+    def __init__(self, evaluators: Sequence[DatasetEvaluator]) -> None:
+        self.evaluators = list(evaluators)
+
+    def reset(self) -> None:
+        for evaluator in self.evaluators:
+            evaluator.reset()
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for evaluator in self.evaluators:
+            evaluator.process(inputs, outputs)
+
+    def evaluate(self) -> dict:
+        results: dict = {}
+        for evaluator in self.evaluators:
+            for task, value in (evaluator.evaluate() or {}).items():
+                if task in results:
+                    raise KeyError(f"two evaluators both produced results for task {task!r}")
+                results[task] = value
+        return results
+
+
+@contextlib.contextmanager
+def inference_context(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the duration, then restore its previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def summarize_head_complexity(values: Iterable[float]) -> dict[str, float]:
+    """``{"avg_gflops", "min_gflops", "max_gflops", "num_images"}`` of per-image head GFLOPs
+    gathered from all processes (call it on every process)."""
+    gathered = [float(v) for part in comm.all_gather(list(values)) for v in part]
+    if not gathered:
+        return {"avg_gflops": float("nan"), "min_gflops": float("nan"),
+                "max_gflops": float("nan"), "num_images": 0}  # fmt: skip
+    return {
+        "avg_gflops": sum(gathered) / len(gathered),
+        "min_gflops": min(gathered),
+        "max_gflops": max(gathered),
+        "num_images": len(gathered),
+    }
+
+
+def inference_on_dataset(
+    model: nn.Module, data_loader: Iterable[list[dict]], evaluator: DatasetEvaluator | None
+) -> dict:
+    """Run ``model`` on every batch of ``data_loader`` (eval mode, no grad) and evaluate.
+
+    Shows a progress bar on the main process and logs the time per image. If the model (or the
+    model inside a DDP wrapper) has a ``head_complexity`` recorder, it is reset first and its
+    per-image GFLOPs, gathered over all processes, are added to the results as
+    ``{"head_complexity": {"avg_gflops", "min_gflops", "max_gflops", "num_images"}}``.
+
+    Returns the evaluator's results on the main process (``{}`` elsewhere, apart from the head
+    complexity, which every process gets).
+    """
+    world_size = comm.get_world_size()
+    try:
+        total = len(data_loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if evaluator is not None:
+        evaluator.reset()
+    complexity = getattr(_unwrap(model), "head_complexity", None)
+    if complexity is not None:
+        complexity.reset()
+
+    num_warmup = min(5, total - 1) if total else 0
+    num_images = 0
+    start = time.perf_counter()
+    timed_start, timed_images = start, 0
+    progress = tqdm(
+        data_loader, total=total, desc="inference", disable=not comm.is_main_process(),
+        dynamic_ncols=True, leave=False,
+    )  # fmt: skip
+    with inference_context(model), torch.no_grad():
+        for index, inputs in enumerate(progress):
+            if index == num_warmup:  # the first iterations are slower (allocation, caches)
+                timed_start, timed_images = time.perf_counter(), 0
+            outputs = model(inputs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if evaluator is not None:
+                evaluator.process(inputs, outputs)
+            num_images += len(inputs)
+            timed_images += len(inputs)
+    progress.close()
+    end = time.perf_counter()
+    total_time = end - start
+    per_image = (end - timed_start) / max(timed_images, 1)
+    logger.info(
+        "Inference on %d images took %s (%.4f s / img per process, %d process(es))",
+        num_images,
+        str(datetime.timedelta(seconds=int(total_time))),
+        per_image,
+        world_size,
+    )
+
+    results = (evaluator.evaluate() if evaluator is not None else None) or {}
+    if complexity is not None:
+        summary = summarize_head_complexity(complexity.values())
+        logger.info(
+            "Head complexity over %d images: avg %.4f, min %.4f, max %.4f GFLOPs",
+            summary["num_images"],
+            summary["avg_gflops"],
+            summary["min_gflops"],
+            summary["max_gflops"],
+        )
+        results = {**results, "head_complexity": summary}
+    return results

@@ -1,0 +1,143 @@
+"""The optimizer: SGD with momentum, per-kind weight decay / learning rate, gradient clipping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvpods.configs import ConfigError
+
+__all__ = [
+    "NORM_MODULE_TYPES",
+    "build_optimizer",
+    "get_param_groups",
+    "maybe_add_gradient_clipping",
+]
+
+# Modules whose (affine) parameters get SOLVER.WEIGHT_DECAY_NORM. Subclasses (SyncBatchNorm,
+# a naive sync BN deriving from BatchNorm2d, ...) are covered by isinstance.
+NORM_MODULE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def get_param_groups(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: float | None = None,
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters of ``model`` into up to three groups.
+
+    * ``"norm"``: parameters of normalisation layers: ``lr=base_lr``, ``weight_decay_norm``;
+    * ``"bias"``: other parameters named ``bias``: ``lr=base_lr * bias_lr_factor``,
+      ``weight_decay_bias`` (default: ``weight_decay``);
+    * ``"default"``: everything else: ``base_lr``, ``weight_decay``.
+
+    Each group dict carries its kind under the key ``"name"``. Parameters shared between
+    modules are listed once; frozen ones (``requires_grad=False``) are left out; empty groups
+    are dropped. The order of parameters inside a group is the module traversal order.
+    """
+    if weight_decay_bias is None:
+        weight_decay_bias = weight_decay
+    settings = {
+        "default": dict(lr=base_lr, weight_decay=weight_decay),
+        "bias": dict(lr=base_lr * bias_lr_factor, weight_decay=weight_decay_bias),
+        "norm": dict(lr=base_lr, weight_decay=weight_decay_norm),
+    }
+    params: dict[str, list[nn.Parameter]] = {kind: [] for kind in settings}
+    seen: set[int] = set()
+    for module in model.modules():
+        is_norm = isinstance(module, NORM_MODULE_TYPES)
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            kind = "norm" if is_norm else ("bias" if name == "bias" else "default")
+            params[kind].append(param)
+    return [
+        {"name": kind, "params": params[kind], **settings[kind]}
+        for kind in ("default", "bias", "norm")
+        if params[kind]
+    ]
+
+
+def _clip_function(cfg: Any):
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    clip_type = str(clip.CLIP_TYPE).lower()
+    value = float(clip.CLIP_VALUE)
+    if value <= 0:
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0, got {clip.CLIP_VALUE!r}")
+    if clip_type == "value":
+
+        def clip_value(parameters: Iterable[torch.Tensor]) -> None:
+            torch.nn.utils.clip_grad_value_(parameters, value)
+
+        return clip_value
+    if clip_type == "norm":
+        norm_type = float(clip.NORM_TYPE)
+
+        def clip_norm(parameters: Iterable[torch.Tensor]) -> None:
+            torch.nn.utils.clip_grad_norm_(parameters, value, norm_type)
+
+        return clip_norm
+    raise ConfigError(
+        f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value' or 'norm', got {clip.CLIP_TYPE!r}"
+    )
+
+
+def maybe_add_gradient_clipping(
+    cfg: Any, optimizer_class: type[torch.optim.Optimizer]
+) -> type[torch.optim.Optimizer]:
+    """``optimizer_class`` itself, or (SOLVER.CLIP_GRADIENTS.ENABLED) a subclass clipping first.
+
+    The subclass clips the gradients of all its parameters together before every ``step()``:
+    ``"value"`` clamps each gradient element to ``[-CLIP_VALUE, CLIP_VALUE]``; ``"norm"`` rescales
+    so the total ``NORM_TYPE``-norm of all gradients is at most ``CLIP_VALUE``. Under AMP the
+    gradient scaler unscales before calling ``step()``, so clipping sees true gradients.
+    """
+    if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        return optimizer_class
+    clip = _clip_function(cfg)
+
+    def step(self, closure=None):  # noqa: ANN001, ANN202 - the torch Optimizer.step signature
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        clip([p for p in parameters if p.grad is not None])
+        return optimizer_class.step(self, closure)
+
+    return type(
+        optimizer_class.__name__ + "WithGradientClip",
+        (optimizer_class,),
+        {"step": step, "__module__": __name__},
+    )
+
+
+def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum over :func:`get_param_groups` of ``model``, from the SOLVER settings.
+
+    Uses SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR,
+    WEIGHT_DECAY_BIAS and CLIP_GRADIENTS.
+    """
+    solver = cfg.SOLVER
+    if solver.BASE_LR <= 0:
+        raise ConfigError(f"SOLVER.BASE_LR must be > 0, got {solver.BASE_LR!r}")
+    groups = get_param_groups(
+        model,
+        base_lr=solver.BASE_LR,
+        weight_decay=solver.WEIGHT_DECAY,
+        weight_decay_norm=solver.WEIGHT_DECAY_NORM,
+        bias_lr_factor=solver.BIAS_LR_FACTOR,
+        weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+    )
+    if not groups:
+        raise ValueError("build_optimizer: the model has no trainable parameters")
+    optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+    return optimizer_class(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM)

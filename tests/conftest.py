@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,24 @@ def load_reference(name: str) -> dict:
 def load_experiment(name: str):
     """``(config, build_model)`` of ``cvpods_playground/<name>`` (a fresh config each call)."""
     return load_experiment_folder(str(PLAYGROUND / name))
+
+
+@pytest.fixture(autouse=True)
+def restore_cvpods_logging() -> Iterator[None]:
+    """Undo setup_logger (handlers, propagate=False) after each test, so that later tests of
+    the session still see cvpods log records through pytest's caplog (a root handler)."""
+    names = ("cvpods", "cvpods_test_logger")
+    saved = {}
+    for name in names:
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for name in names:
+        logger = logging.getLogger(name)
+        handlers, propagate, level = saved[name]
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.propagate = propagate
+        logger.setLevel(level)

@@ -18,7 +18,6 @@ import pytest
 import torch
 from test_engine_support import (  # noqa: F401 - autouse fixtures
     one_torch_thread,
-    restore_cvpods_logging,
     write_fake_experiment,
 )
 

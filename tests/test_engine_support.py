@@ -12,7 +12,6 @@ with the mean squared error on 8 fixed images and reports it as ``{"fake_val": {
 
 from __future__ import annotations
 
-import logging
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,27 +161,6 @@ def write_fake_experiment(folder: Path) -> Path:
     (folder / "config.py").write_text(textwrap.dedent(FAKE_CONFIG))
     (folder / "net.py").write_text(textwrap.dedent(FAKE_NET))
     return folder
-
-
-@pytest.fixture(autouse=True)
-def restore_cvpods_logging() -> Iterator[None]:
-    """Undo setup_logger (handlers, propagate=False) after each test, so that later tests of
-    the session still see cvpods log records through pytest's caplog (a root handler)."""
-    names = ("cvpods", "cvpods_test_logger")
-    saved = {}
-    for name in names:
-        logger = logging.getLogger(name)
-        saved[name] = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for name in names:
-        logger = logging.getLogger(name)
-        handlers, propagate, level = saved[name]
-        for handler in list(logger.handlers):
-            if handler not in handlers:
-                logger.removeHandler(handler)
-                handler.close()
-        logger.propagate = propagate
-        logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

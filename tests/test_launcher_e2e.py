@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine_support import one_torch_thread, restore_cvpods_logging  # noqa: F401
+from test_engine_support import one_torch_thread  # noqa: F401
 
 from cvpods.engine import DefaultTrainer, HookBase, default_setup, launcher
 

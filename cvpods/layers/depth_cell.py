@@ -111,14 +111,7 @@ class DynamicDepthCell(nn.Module):
     ) -> None:
         super().__init__()
         self.bottleneck = ResidualBranch(channels, norm)
-        self.gate = SpatialGate(
-            channels,
-            num_groups,
-            kernel_size=3,
-            padding=1,
-            activation=gate_activation,
-            activation_kwargs=gate_activation_kwargs,
-        )
+        self.gate = SpatialGate(channels, num_groups, gate_activation, gate_activation_kwargs)
 
     def cost(self, gate: torch.Tensor) -> GateCost:
         """conv2 costs where the gate is open, conv1 where the 3x3-dilated gate is open."""

@@ -120,14 +120,7 @@ class GatedDepthwiseUnit(nn.Module):
     ) -> None:
         super().__init__()
         self.convs = depthwise_unit(channels, norm)
-        self.gate = SpatialGate(
-            channels,
-            num_groups,
-            kernel_size=3,
-            padding=1,
-            activation=gate_activation,
-            activation_kwargs=gate_activation_kwargs,
-        )
+        self.gate = SpatialGate(channels, num_groups, gate_activation, gate_activation_kwargs)
 
     def cost(self, gate: torch.Tensor) -> GateCost:
         # The release detaches these gates in the soft cost: the budget loss does not reach them.

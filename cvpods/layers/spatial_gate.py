@@ -103,19 +103,20 @@ class CostCollector:
 class SpatialGate(nn.Module):
     """``gate = activation(gate_conv(x))``: ``[N, C, H, W]`` -> ``[N, num_groups, H', W']``.
 
-    The conv has the kernel, padding and stride of the unit it gates, so the gate map lines up
-    with the unit's output. Weights start ~N(0, 0.01) and the bias opens every gate to 0.99.
+    The conv has the kernel, padding and stride of the unit it gates (3x3, 1, 1 for every unit of
+    the head), so the gate map lines up with the unit's output. Weights start ~N(0, 0.01) and the
+    bias opens every gate to 0.99.
     """
 
     def __init__(
         self,
         in_channels: int,
         num_groups: int = 1,
-        kernel_size: int = 1,
-        padding: int = 0,
-        stride: int = 1,
         activation: str = "ReTanH",
         activation_kwargs: dict | None = None,
+        kernel_size: int = 3,
+        padding: int = 1,
+        stride: int = 1,
     ) -> None:
         super().__init__()
         self.num_groups = num_groups

@@ -1,48 +1,17 @@
-"""Fixed deep FCOS head, depth D4 on COCO 2017, ResNet-50-FPN, 1x schedule (90k iterations, batch 16)."""
+"""Fixed deep FCOS head, depth D4.
+
+COCO 2017, ResNet-50-FPN, 1x schedule: the release's settings (cvpods.configs.presets).
+"""
 
 from cvpods.configs import FCOSConfig
-
-_config_dict = dict(
-    MODEL=dict(
-        WEIGHTS="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
-        RESNETS=dict(DEPTH=50),
-        FCOS=dict(
-            NUM_CONVS=8,
-            CENTERNESS_ON_REG=True,
-            NORM_REG_TARGETS=True,
-            NMS_THRESH_TEST=0.6,
-            IOU_LOSS_TYPE="giou",
-            CENTER_SAMPLING_RADIUS=1.5,
-            RESIZE_METHOD="bilinear",
-        ),
-    ),
-    DATASETS=dict(TRAIN=("coco_2017_train",), TEST=("coco_2017_val",)),
-    SOLVER=dict(IMS_PER_BATCH=16, BASE_LR=0.01, STEPS=(60000, 80000), MAX_ITER=90000),
-    INPUT=dict(
-        AUG=dict(
-            TRAIN_PIPELINES=[
-                (
-                    "ResizeShortestEdge",
-                    dict(short_edge_length=(800,), max_size=1333, sample_style="choice"),
-                ),
-                ("RandomFlip", dict()),
-            ],
-            TEST_PIPELINES=[
-                (
-                    "ResizeShortestEdge",
-                    dict(short_edge_length=800, max_size=1333, sample_style="choice"),
-                ),
-            ],
-        )
-    ),
-    OUTPUT_DIR="./log",
-)
+from cvpods.configs.presets import COCO_FCOS_R50_1X
 
 
 class ExperimentConfig(FCOSConfig):
     def __init__(self) -> None:
         super().__init__()
-        self._register_configuration(_config_dict)
+        self._register_configuration(COCO_FCOS_R50_1X)
+        self._register_configuration(dict(MODEL=dict(FCOS=dict(NUM_CONVS=8))))
 
 
 config = ExperimentConfig()

@@ -30,8 +30,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
+# Extra arguments: make quickstart QUICKSTART_ARGS="--fresh" (see tools/quickstart.py --help).
 quickstart: install
-	$(PY) tools/quickstart.py
+	$(PY) tools/quickstart.py $(QUICKSTART_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

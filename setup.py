@@ -12,6 +12,7 @@ Install with the pinned torch already in the environment and without build isola
 
 import glob
 import os
+import shutil
 
 from setuptools import find_packages, setup
 
@@ -27,8 +28,26 @@ def _want_cuda() -> bool:
     return torch.cuda.is_available() and CUDA_HOME is not None
 
 
+def _locate_cuda_home() -> None:
+    """Point CUDA_HOME at the real toolkit when ``nvcc`` on PATH is a wrapper script.
+
+    torch guesses CUDA_HOME as the parent of the folder holding ``nvcc``; for a wrapper such as
+    /usr/local/bin/nvcc that is /usr/local, which has no CUDA headers or libraries.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def get_extensions() -> list:
     """The ``cvpods._C`` extension: every .cpp under csrc/, plus every .cu when CUDA is wanted."""
+    _locate_cuda_home()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))

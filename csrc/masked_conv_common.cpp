@@ -1,0 +1,214 @@
+// Device-independent parts of the masked convolution: argument checks, active-position lists,
+// weight packing and the Python bindings of the extension module cvpods._C.
+#include <torch/extension.h>
+
+#include "masked_conv.h"
+
+namespace cvpods {
+
+void check_epilogue(const Epilogue& post, int64_t channels, const at::Tensor& like) {
+  TORCH_CHECK(post.num_groups >= 0, "masked_conv2d: post.num_groups must be >= 0, got ",
+              post.num_groups);
+  if (post.num_groups > 0) {
+    TORCH_CHECK(channels % post.num_groups == 0, "masked_conv2d: post.num_groups=",
+                post.num_groups, " must divide the number of output channels ", channels);
+    TORCH_CHECK(post.eps > 0, "masked_conv2d: post.eps must be > 0, got ", post.eps);
+  }
+  for (const auto* item : {&post.weight, &post.bias}) {
+    if (!item->has_value()) continue;
+    const at::Tensor& t = item->value();
+    const char* name = item == &post.weight ? "post.weight" : "post.bias";
+    TORCH_CHECK(post.num_groups > 0, "masked_conv2d: ", name, " given without GroupNorm (num_groups=0)");
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == channels, "masked_conv2d: ", name,
+                " must have shape [", channels, "], got ", t.sizes());
+    TORCH_CHECK(t.device() == like.device(), "masked_conv2d: ", name, " is on ", t.device(),
+                " but the input is on ", like.device());
+  }
+}
+
+void check_masked_conv_inputs(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, int64_t padding,
+                              const Epilogue& post) {
+  TORCH_CHECK(x.dim() == 4, "masked_conv2d: x must be [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4, "masked_conv2d: weight must be [Cout, C, k, k], got shape ",
+              weight.sizes());
+  TORCH_CHECK(weight.size(1) == x.size(1), "masked_conv2d: weight has ", weight.size(1),
+              " input channels but x has ", x.size(1));
+  TORCH_CHECK(weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
+              "masked_conv2d: the kernel must be square with an odd size, got ",
+              weight.sizes().slice(2));
+  TORCH_CHECK(padding == weight.size(2) / 2, "masked_conv2d: padding must be ", weight.size(2) / 2,
+              " for a ", weight.size(2), "x", weight.size(2), " kernel (same-size output), got ",
+              padding);
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == x.size(0) && mask.size(1) == x.size(2) &&
+                  mask.size(2) == x.size(3),
+              "masked_conv2d: mask must be [N, H, W] = ", x.size(0), "x", x.size(2), "x", x.size(3),
+              ", got shape ", mask.sizes());
+  TORCH_CHECK(mask.device() == x.device() && weight.device() == x.device(),
+              "masked_conv2d: x, mask and weight must be on one device, got ", x.device(), ", ",
+              mask.device(), ", ", weight.device());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "masked_conv2d: weight dtype ",
+              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "masked_conv2d: x must be floating point, got ",
+              x.scalar_type());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0),
+                "masked_conv2d: bias must have shape [", weight.size(0), "], got ", bias->sizes());
+    TORCH_CHECK(bias->device() == x.device(), "masked_conv2d: bias is on ", bias->device(),
+                " but x is on ", x.device());
+  }
+  check_epilogue(post, weight.size(0), x);
+}
+
+at::Tensor active_positions(const at::Tensor& mask) {
+  at::Tensor flags = mask.scalar_type() == at::kBool ? mask : mask.gt(0);
+  return flags.reshape({-1}).nonzero().view({-1});
+}
+
+at::Tensor pack_weight(const at::Tensor& weight) {
+  const int64_t cout = weight.size(0);
+  return weight.permute({0, 2, 3, 1}).reshape({cout, -1}).contiguous();
+}
+
+namespace {
+
+Epilogue make_epilogue(int64_t num_groups, const std::optional<at::Tensor>& gn_weight,
+                       const std::optional<at::Tensor>& gn_bias, double eps, bool relu) {
+  Epilogue post;
+  post.num_groups = num_groups;
+  post.weight = gn_weight;
+  post.bias = gn_bias;
+  post.eps = eps;
+  post.relu = relu;
+  return post;
+}
+
+#ifndef WITH_CUDA
+[[noreturn]] void no_cuda(const char* op) {
+  TORCH_CHECK(false, op, ": got CUDA tensors but cvpods._C was built without CUDA support "
+              "(rebuild with FORCE_CUDA=1)");
+}
+#endif
+
+at::Tensor masked_conv2d_forward(const at::Tensor& x, const at::Tensor& mask,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 int64_t padding, int64_t num_groups,
+                                 const std::optional<at::Tensor>& gn_weight,
+                                 const std::optional<at::Tensor>& gn_bias, double eps, bool relu) {
+  const Epilogue post = make_epilogue(num_groups, gn_weight, gn_bias, eps, relu);
+  check_masked_conv_inputs(x, mask, weight, bias, padding, post);
+  at::NoGradGuard no_grad;
+  if (x.is_cuda()) {
+#ifdef WITH_CUDA
+    return masked_conv2d_cuda(x, mask, weight, bias, padding, post);
+#else
+    no_cuda("masked_conv2d_forward");
+#endif
+  }
+  TORCH_CHECK(x.device().is_cpu(), "masked_conv2d_forward: unsupported device ", x.device());
+  return masked_conv2d_cpu(x, mask, weight, bias, padding, post);
+}
+
+at::Tensor masked_epilogue(at::Tensor y, const at::Tensor& mask, int64_t num_groups,
+                           const std::optional<at::Tensor>& gn_weight,
+                           const std::optional<at::Tensor>& gn_bias, double eps, bool relu) {
+  const Epilogue post = make_epilogue(num_groups, gn_weight, gn_bias, eps, relu);
+  TORCH_CHECK(y.dim() == 4, "masked_epilogue_: y must be [N, C, H, W], got ", y.sizes());
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == y.size(0) && mask.size(1) == y.size(2) &&
+                  mask.size(2) == y.size(3),
+              "masked_epilogue_: mask must be [N, H, W] matching y ", y.sizes(), ", got ",
+              mask.sizes());
+  TORCH_CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "masked_epilogue_: y must be channels-last contiguous (the output of a channels-last "
+              "convolution)");
+  TORCH_CHECK(mask.device() == y.device(), "masked_epilogue_: mask on ", mask.device(),
+              " but y on ", y.device());
+  check_epilogue(post, y.size(1), y);
+  at::NoGradGuard no_grad;
+  if (y.is_cuda()) {
+#ifdef WITH_CUDA
+    masked_epilogue_cuda(y, mask, post);
+    return y;
+#else
+    no_cuda("masked_epilogue_");
+#endif
+  }
+  masked_epilogue_cpu(y, mask, post);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> gather_active_columns(const at::Tensor& x, const at::Tensor& mask,
+                                                         int64_t kernel, int64_t padding) {
+  TORCH_CHECK(x.dim() == 4, "gather_active_columns: x must be [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == x.size(0) && mask.size(1) == x.size(2) &&
+                  mask.size(2) == x.size(3),
+              "gather_active_columns: mask must be [N, H, W] matching x, got ", mask.sizes());
+  TORCH_CHECK(kernel >= 1 && kernel % 2 == 1 && padding == kernel / 2,
+              "gather_active_columns: need an odd kernel and padding = kernel // 2, got kernel=",
+              kernel, " padding=", padding);
+  at::NoGradGuard no_grad;
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor active = active_positions(mask);
+  if (x.is_cuda()) {
+#ifdef WITH_CUDA
+    return {gather_columns_cuda(xc, active, kernel, padding), active};
+#else
+    no_cuda("gather_active_columns");
+#endif
+  }
+  return {gather_columns_cpu(xc, active, kernel, padding), active};
+}
+
+at::Tensor scatter_active_rows(const at::Tensor& rows, const at::Tensor& active, int64_t n,
+                               int64_t h, int64_t w) {
+  TORCH_CHECK(rows.dim() == 2 && active.dim() == 1 && rows.size(0) == active.size(0),
+              "scatter_active_rows: rows must be [P, C] and active [P], got ", rows.sizes(), " and ",
+              active.sizes());
+  TORCH_CHECK(active.scalar_type() == at::kLong, "scatter_active_rows: active must be int64");
+  at::NoGradGuard no_grad;
+  at::Tensor out =
+      at::empty({n, rows.size(1), h, w}, rows.options(), at::MemoryFormat::ChannelsLast).zero_();
+  const at::Tensor r = rows.contiguous();
+  if (rows.is_cuda()) {
+#ifdef WITH_CUDA
+    scatter_rows_cuda(r, active, out);
+    return out;
+#else
+    no_cuda("scatter_active_rows");
+#endif
+  }
+  scatter_rows_cpu(r, active, out);
+  return out;
+}
+
+}  // namespace
+}  // namespace cvpods
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "cvpods C++/CUDA operators: masked (sparse-position) convolution for inference";
+  m.def("masked_conv2d_forward", &cvpods::masked_conv2d_forward,
+        "Convolution at the active positions of mask (> 0) with fused GroupNorm-over-active + ReLU; "
+        "zeros elsewhere. Returns [N, Cout, H, W] in channels-last memory.",
+        py::arg("x"), py::arg("mask"), py::arg("weight"), py::arg("bias"), py::arg("padding"),
+        py::arg("num_groups"), py::arg("gn_weight"), py::arg("gn_bias"), py::arg("eps"),
+        py::arg("relu"));
+  m.def("masked_epilogue_", &cvpods::masked_epilogue,
+        "In place on a channels-last [N, C, H, W] tensor: zero the inactive positions, GroupNorm "
+        "(statistics over each image's active positions) then ReLU at the active ones.",
+        py::arg("y"), py::arg("mask"), py::arg("num_groups"), py::arg("gn_weight"),
+        py::arg("gn_bias"), py::arg("eps"), py::arg("relu"));
+  m.def("gather_active_columns", &cvpods::gather_active_columns,
+        "Columns [P, k*k*C] (tap-major, channel-minor; zeros outside the image) of the P active "
+        "positions, and their flat indices [P].",
+        py::arg("x"), py::arg("mask"), py::arg("kernel"), py::arg("padding"));
+  m.def("scatter_active_rows", &cvpods::scatter_active_rows,
+        "Rows [P, C] placed at flat positions active [P] of a zero [N, C, H, W] channels-last map.",
+        py::arg("rows"), py::arg("active"), py::arg("n"), py::arg("h"), py::arg("w"));
+  m.def("with_cuda", []() {
+#ifdef WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

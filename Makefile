@@ -16,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade "pip>=23" "setuptools>=64" wheel ninja
+	$(PIP) install "setuptools>=64" wheel ninja
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=2 $(PIP) install --no-build-isolation -e ".[dev]"
 	$(PY) -c "import cvpods; print('cvpods', cvpods.__version__, 'extension:', cvpods.extension_available())"

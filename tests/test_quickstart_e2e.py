@@ -1,0 +1,121 @@
+"""End-to-end: tools/quickstart.py trains, tests and runs the demo on a tiny schedule.
+
+A copy of the default shapes experiment runs in ``tmp_path`` with a tiny shapes dataset (under
+``tmp_path``, via ``--datasets`` / ``$CVPODS_DATASETS``), small images and a few iterations; each
+step is a subprocess (``cvpods_train``, ``cvpods_test``, ``demo/demo.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = REPO_ROOT / "cvpods_playground" / "shapes.res18.dynamic.d4.lambda-0_1"
+QUICKSTART = REPO_ROOT / "tools" / "quickstart.py"
+SUMMARY_LINE = re.compile(
+    r"^quickstart: bbox AP=(\S+) AP50=(\S+) head GFLOPs avg=(\S+) in (\S+) min$"
+)
+
+
+def _pipeline(short: int | tuple[int, ...], max_size: int) -> str:
+    return repr(
+        [
+            (
+                "ResizeShortestEdge",
+                dict(short_edge_length=short, max_size=max_size, sample_style="choice"),
+            )
+        ]
+    )
+
+
+TINY_OVERRIDES = [
+    "SOLVER.MAX_ITER", "4",
+    "SOLVER.STEPS", "(3,)",
+    "SOLVER.WARMUP_ITERS", "2",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "2",
+    "DATALOADER.NUM_WORKERS", "0",
+    "DATASETS.SHAPES.NUM_TRAIN", "6",
+    "DATASETS.SHAPES.NUM_VAL", "3",
+    "DATASETS.SHAPES.MIN_SIZE", "96",
+    "DATASETS.SHAPES.MAX_SIZE", "128",
+    "MODEL.DEVICE", "cpu",
+    "SEED", "1",
+    "INPUT.AUG.TRAIN_PIPELINES", _pipeline((96,), 128),
+    "INPUT.AUG.TEST_PIPELINES", _pipeline(96, 128),
+]  # fmt: skip
+
+
+def _run_quickstart(experiment: Path, datasets: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", CVPODS_DATASETS=str(datasets))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, str(QUICKSTART), "--experiment", str(experiment)]
+    command += ["--datasets", str(datasets), "--num-demo-images", "2", *extra, *TINY_OVERRIDES]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"quickstart failed:\n{result.stdout[-4000:]}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_quickstart_train_test_demo(tmp_path: Path) -> None:
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    for name in ("config.py", "net.py"):
+        shutil.copy(EXPERIMENT / name, experiment / name)
+    datasets = tmp_path / "datasets"
+
+    result = _run_quickstart(experiment, datasets)
+
+    # The last line is the summary line, with numbers.
+    last_line = result.stdout.strip().splitlines()[-1]
+    match = SUMMARY_LINE.match(last_line)
+    assert match, f"unexpected last line: {last_line!r}"
+    ap, ap50, gflops, minutes = (float(x) for x in match.groups())
+    assert 0.0 <= ap <= 100.0 and 0.0 <= ap50 <= 100.0
+    assert gflops > 0.0 and minutes > 0.0
+
+    # Training outputs, inside the experiment copy; the data under the given dataset root.
+    log = experiment / "log"
+    for name in ("model_final.pth", "last_checkpoint", "log.txt", "config_dump.py", "metrics.json"):
+        assert (log / name).is_file(), name
+    assert (log / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert list((datasets / "shapes").glob("val_n3_*/annotations.json"))
+
+    # cvpods_test reproduced training's final metrics exactly.
+    summary = json.loads((log / "quickstart" / "summary.json").read_text())
+    assert summary["train_bbox"] == summary["test_bbox"]
+    assert summary["reused_training"] is False
+    results = json.loads((log / "inference" / "shapes_val" / "results.json").read_text())
+    assert results["bbox"]["AP"] == pytest.approx(ap, abs=0.05)
+    assert results["head_complexity"]["num_images"] == 3
+    assert results["head_complexity"]["avg_gflops"] == pytest.approx(gflops, abs=1e-3)
+    assert "Final metrics" in (log / "quickstart" / "test.log").read_text()
+
+    # The demo drew the first two validation images at their own size, plus gate maps.
+    assert len(summary["demo_images"]) == 2
+    for drawn_path in summary["demo_images"]:
+        drawn = cv2.imread(drawn_path)
+        assert drawn is not None, drawn_path
+        source = next((datasets / "shapes").glob(f"val_n3_*/images/{Path(drawn_path).name}"))
+        assert drawn.shape == cv2.imread(str(source)).shape
+        gates = Path(drawn_path).with_name(f"{Path(drawn_path).stem}_gates.jpg")
+        assert cv2.imread(str(gates)) is not None, gates
+
+    # A second run reuses the finished training and evaluates it again.
+    model_mtime = (log / "model_final.pth").stat().st_mtime_ns
+    rerun = _run_quickstart(experiment, datasets)
+    assert "[train] reusing the finished run" in rerun.stdout
+    assert SUMMARY_LINE.match(rerun.stdout.strip().splitlines()[-1])
+    assert (log / "model_final.pth").stat().st_mtime_ns == model_mtime
+    rerun_summary = json.loads((log / "quickstart" / "summary.json").read_text())
+    assert rerun_summary["reused_training"] is True
+    assert rerun_summary["test_bbox"] == summary["test_bbox"]

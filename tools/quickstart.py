@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -197,7 +198,9 @@ def prepare_data(cfg: Any) -> list[str]:
     """Generate (or find) the train / test datasets; return the test images' paths."""
     from cvpods.data import DatasetCatalog
     from cvpods.data.datasets.builtin import register_shapes_from_config
+    from cvpods.utils.logger import setup_logger
 
+    setup_logger(name="cvpods", level=logging.INFO)  # show the generator's progress
     register_shapes_from_config(cfg)
     for name in list(cfg.DATASETS.TRAIN):
         DatasetCatalog.get(name)

@@ -29,7 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import Prediction, Predictor  # noqa: E402
 
 from cvpods.data import MetadataCatalog  # noqa: E402
-from cvpods.engine.launcher import ExperimentError, find_weights_to_test, load_experiment, prepare_config  # noqa: E402
+from cvpods.engine.launcher import (  # noqa: E402
+    ExperimentError,
+    find_weights_to_test,
+    load_experiment,
+    prepare_config,
+)
 from cvpods.utils.logger import setup_logger  # noqa: E402
 from cvpods.utils.visualizer import draw_instances, overlay_heatmap  # noqa: E402
 
@@ -39,12 +44,22 @@ logger = logging.getLogger("cvpods.demo")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment folder (config.py + net.py) or its config.py")
-    parser.add_argument("--input", nargs="+", required=True, help="images, globs, folders or a video")
-    parser.add_argument("--output", required=True, help="output folder (or a file name for one image / a video)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", required=True, help="experiment folder (config.py + net.py) or its config.py"
+    )
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="images, globs, folders or a video"
+    )
+    parser.add_argument(
+        "--output", required=True, help="output folder (or a file name for one image / a video)"
+    )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("--show-gates", action="store_true", help="also write the gate maps (dynamic heads)")
+    parser.add_argument(
+        "--show-gates", action="store_true", help="also write the gate maps (dynamic heads)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -61,7 +76,9 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         else:
             matches = sorted(Path(p) for p in glob.glob(pattern))
             if not matches:
-                raise FileNotFoundError(f"--input {pattern!r}: no such file, folder or matching files")
+                raise FileNotFoundError(
+                    f"--input {pattern!r}: no such file, folder or matching files"
+                )
             files.extend(matches)
     return files
 
@@ -79,7 +96,9 @@ def gate_panel(image: np.ndarray, gate_maps: list[np.ndarray]) -> np.ndarray:
     """One overlay per pyramid level (P3 first), side by side."""
     height = 256
     small = cv2.resize(image, (max(1, round(image.shape[1] * height / image.shape[0])), height))
-    tiles = [overlay_heatmap(small, m, label=f"P{3 + i} {m.mean():.0%}") for i, m in enumerate(gate_maps)]
+    tiles = [
+        overlay_heatmap(small, m, label=f"P{3 + i} {m.mean():.0%}") for i, m in enumerate(gate_maps)
+    ]
     return np.concatenate(tiles, axis=1)
 
 
@@ -89,7 +108,9 @@ def render(image: np.ndarray, prediction: Prediction, class_names, threshold: fl
 
 def log_prediction(name: str, prediction: Prediction, threshold: float) -> None:
     kept = int((prediction.instances.scores >= threshold).sum())
-    gflops = f", head {prediction.head_gflops:.3f} GFLOPs" if prediction.head_gflops is not None else ""
+    gflops = (
+        f", head {prediction.head_gflops:.3f} GFLOPs" if prediction.head_gflops is not None else ""
+    )
     logger.info("%s: %d detections in %.3f s%s", name, kept, prediction.seconds, gflops)
 
 
@@ -117,7 +138,9 @@ def run_video(predictor: Predictor, source: Path, output: str, class_names, args
         prediction = predictor(frame)
         drawn = render(frame, prediction, class_names, args.confidence_threshold)
         if writer is None:
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn.shape[1::-1])
+            writer = cv2.VideoWriter(
+                str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn.shape[1::-1]
+            )
         writer.write(drawn)
     capture.release()
     if writer is None:
@@ -160,9 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         write_image(out, render(image, prediction, class_names, args.confidence_threshold))
         if args.show_gates:
             if prediction.gate_maps:
-                write_image(out.with_name(f"{out.stem}_gates{out.suffix}"), gate_panel(image, prediction.gate_maps))
+                write_image(
+                    out.with_name(f"{out.stem}_gates{out.suffix}"),
+                    gate_panel(image, prediction.gate_maps),
+                )
             else:
-                logger.warning("--show-gates: %s has no dynamic head; no gate maps written", os.path.basename(folder))
+                logger.warning(
+                    "--show-gates: %s has no dynamic head; no gate maps written",
+                    os.path.basename(folder),
+                )
     logger.info("wrote %d image(s) to %s", len(images), args.output)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -31,17 +32,27 @@ class DepthGateRecorder:
     def __init__(self, model: torch.nn.Module) -> None:
         self.maps: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.handles = [
-            m.gate.register_forward_hook(self._record) for m in model.modules() if isinstance(m, DynamicDepthCell)
+            m.gate.register_forward_hook(self._record)
+            for m in model.modules()
+            if isinstance(m, DynamicDepthCell)
         ]
 
     def _record(self, module, inputs, gate: torch.Tensor) -> None:
         computed = (gate[0] != 0).any(dim=0).float()
         self.maps.setdefault(tuple(computed.shape), []).append(computed)
 
-    def take(self) -> list[np.ndarray]:
-        """The maps of the last image, finest level first, then forget them."""
+    def take(self, image_hw: tuple[int, int], strides: list[int]) -> list[np.ndarray]:
+        """The maps of the last image, finest level first, then forget them.
+
+        Each map is cropped to the cells that cover the ``image_hw`` network input (the rest
+        covers the padding up to the backbone's size divisibility).
+        """
         levels = sorted(self.maps, key=lambda hw: -hw[0] * hw[1])
-        result = [torch.stack(self.maps[hw]).mean(0).cpu().numpy() for hw in levels]
+        result = []
+        for hw, stride in zip(levels, strides):
+            level_map = torch.stack(self.maps[hw]).mean(0)
+            rows, cols = math.ceil(image_hw[0] / stride), math.ceil(image_hw[1] / stride)
+            result.append(level_map[:rows, :cols].cpu().numpy())
         self.maps = {}
         return result
 
@@ -71,5 +82,7 @@ class Predictor:
         seconds = time.perf_counter() - start
         meter = getattr(self.model, "head_complexity", None)
         gflops = meter.values()[-1] if meter is not None and meter.values() else None
-        gate_maps = self.gates.take() if self.gates is not None else []
+        gate_maps = (
+            self.gates.take(tensor.shape[-2:], self.model.head.fpn_strides) if self.gates else []
+        )
         return Prediction(output["instances"].to("cpu"), seconds, gflops, gate_maps)

@@ -24,6 +24,13 @@ STAGE_BLOCKS = {
 }
 
 
+def freeze_module(module: nn.Module) -> nn.Module:
+    """Stop training ``module``: no parameter requires grad, BatchNorms become FrozenBatchNorm2d."""
+    for p in module.parameters():
+        p.requires_grad = False
+    return freeze_batch_norms(module)
+
+
 def _kaiming_fill(conv: nn.Conv2d) -> None:
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
@@ -51,12 +58,6 @@ class _Block(nn.Module):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.shortcut is None else self.shortcut(x)
-
-    def freeze(self) -> _Block:
-        for p in self.parameters():
-            p.requires_grad = False
-        freeze_batch_norms(self)
-        return self
 
 
 class BasicBlock(_Block):
@@ -176,12 +177,6 @@ class BasicStem(nn.Module):
         x = F.relu_(self.conv1(x))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
-    def freeze(self) -> BasicStem:
-        for p in self.parameters():
-            p.requires_grad = False
-        freeze_batch_norms(self)
-        return self
-
 
 class ResNet(Backbone):
     """A stem followed by stages ``res2``..``res5``; returns the stages named in ``out_features``."""
@@ -223,11 +218,11 @@ class ResNet(Backbone):
     def freeze(self, freeze_at: int) -> ResNet:
         """Freeze the stem (``freeze_at >= 1``) and stages res2.. up to res{freeze_at}."""
         if freeze_at >= 1:
-            self.stem.freeze()
+            freeze_module(self.stem)
         for index, name in enumerate(self.stage_names, start=2):
             if freeze_at >= index:
                 for block in getattr(self, name):
-                    block.freeze()
+                    freeze_module(block)
         return self
 
 

@@ -14,12 +14,16 @@ A *dataset dict* describes one image::
     }
 
 Datasets are registered as zero-argument functions, so nothing is read from disk until a dataset
-is actually used.
+is actually used. Registering is idempotent: an experiment's ``config.py`` / ``net.py`` may be
+imported more than once in a process (the launchers do), so registering a name again with an
+equivalent loader (the same function with equal bound arguments) is a no-op, while a different
+loader under a taken name is an error.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +35,47 @@ def _unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     return f"{kind} {name!r} is not registered.{hint} Registered names: {listed}"
 
 
+def _loader_identity(func: Callable) -> tuple | None:
+    """What a loader computes, as a comparable value, or None when that cannot be told.
+
+    A ``functools.partial`` is its function and bound arguments; a plain function (a lambda or
+    closure re-created by importing the same file again) is its code, defaults and the values of
+    the variables it closes over.
+    """
+    if isinstance(func, functools.partial):
+        inner = _loader_identity(func.func)
+        if inner is None:
+            return None
+        return ("partial", inner, func.args, tuple(sorted(func.keywords.items())))
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return None
+    cells = tuple(cell.cell_contents for cell in (func.__closure__ or ()))
+    return ("function", code, func.__defaults__, cells)
+
+
+def _same_loader(a: Callable, b: Callable) -> bool:
+    if a is b:
+        return True
+    ia, ib = _loader_identity(a), _loader_identity(b)
+    try:
+        return ia is not None and bool(ia == ib)
+    except Exception:  # values whose comparison is not a plain bool (e.g. arrays)
+        return False
+
+
+def _describe_loader(func: Callable) -> str:
+    if isinstance(func, functools.partial):
+        arguments = [repr(a) for a in func.args] + [f"{k}={v!r}" for k, v in func.keywords.items()]
+        return f"{_describe_loader(func.func)}({', '.join(arguments)})"
+    name = getattr(func, "__qualname__", repr(func))
+    code = getattr(func, "__code__", None)
+    where = f" defined in {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    cells = [repr(cell.cell_contents) for cell in (getattr(func, "__closure__", None) or ())]
+    bound = f" with {', '.join(cells)}" if cells else ""
+    return f"{name}{where}{bound}"
+
+
 class _DatasetCatalog:
     """Maps a dataset name to a function returning its list of dataset dicts."""
 
@@ -38,11 +83,22 @@ class _DatasetCatalog:
         self._loaders: dict[str, Callable[[], list[dict]]] = {}
 
     def register(self, name: str, func: Callable[[], list[dict]], overwrite: bool = False) -> None:
-        """Register ``func`` (no arguments, returns a list of dataset dicts) under ``name``."""
+        """Register ``func`` (no arguments, returns a list of dataset dicts) under ``name``.
+
+        Registering ``name`` again with an equivalent loader (see the module docstring) keeps the
+        registration; a different loader raises ``KeyError`` unless ``overwrite`` is true.
+        """
         if not callable(func):
             raise TypeError(f"dataset {name!r}: expected a callable returning dataset dicts")
-        if name in self._loaders and not overwrite:
-            raise KeyError(f"dataset {name!r} is already registered (pass overwrite=True)")
+        known = self._loaders.get(name)
+        if known is not None and not overwrite:
+            if _same_loader(known, func):
+                return
+            raise KeyError(
+                f"dataset {name!r} is already registered with a different loader: "
+                f"{_describe_loader(known)}; now asked for {_describe_loader(func)}. "
+                "Use another name, or pass overwrite=True to replace it."
+            )
         self._loaders[name] = func
 
     def get(self, name: str) -> list[dict]:

@@ -1,7 +1,8 @@
 """Built-in datasets: COCO under the dataset root, and the generated ``shapes_train/val``.
 
-The dataset root is ``$CVPODS_DATASETS`` if set, else ``./datasets`` relative to the current
-working folder; it is resolved each time a dataset is loaded, not at import time.
+The dataset root is ``$CVPODS_DATASETS`` if set, else the source checkout's ``datasets/`` (or
+``./datasets`` outside a checkout; see :mod:`.paths`); it is resolved each time a dataset is
+loaded, not at import time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .coco import contiguous_id_map, load_coco_json
-from .paths import DATASET_ROOT_ENV, get_dataset_root
+from .paths import DATASET_ROOT_ENV, default_dataset_root, get_dataset_root
 from .shapes import SHAPE_CATEGORY_IDS, SHAPE_CLASSES, ShapesSpec, generate_shapes
 
 __all__ = [
@@ -45,7 +46,9 @@ SHAPES_DEFAULTS: dict[str, Any] = dict(
 def _root_description(root: str) -> str:
     env = os.environ.get(DATASET_ROOT_ENV)
     source = (
-        f"${DATASET_ROOT_ENV}={env}" if env else f"${DATASET_ROOT_ENV} is not set, so ./datasets"
+        f"${DATASET_ROOT_ENV}={env}"
+        if env
+        else f"${DATASET_ROOT_ENV} is not set, so the default {default_dataset_root()}"
     )
     return f"the dataset root is {root} ({source}; see datasets/README.md)"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -148,13 +149,26 @@ def register_coco_instances(
 
     ``metadata`` (e.g. ``thing_colors``) is added to the dataset's :class:`Metadata`; the class
     names and id mapping are set from the json when the dataset is first loaded.
+
+    Calling this again with the same arguments is a no-op (``config.py`` and ``net.py`` may be
+    imported more than once per process); other arguments under a registered name raise a
+    ``KeyError`` naming both registrations, unless ``overwrite`` is true.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    values = dict(json_file=json_file, image_root=image_root, evaluator_type="coco")
+    values.update(metadata or {})
+    if name in DatasetCatalog and not overwrite:
+        known = MetadataCatalog.get(name).as_dict()
+        changed = {k: (known[k], v) for k, v in values.items() if k in known and known[k] != v}
+        if changed:
+            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise KeyError(
+                f"dataset {name!r} is already registered with other arguments ({details}). "
+                "Use another name, or pass overwrite=True to replace it."
+            )
     DatasetCatalog.register(
-        name, lambda: load_coco_json(json_file, image_root, name), overwrite=overwrite
+        name, functools.partial(load_coco_json, json_file, image_root, name), overwrite=overwrite
     )
     if overwrite:
         MetadataCatalog.remove(name)
-    MetadataCatalog.get(name).set(
-        json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
-    )
+    MetadataCatalog.get(name).set(**values)

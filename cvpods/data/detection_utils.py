@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..structures import Boxes, Instances
+from ..structures import Boxes, BoxMode, Instances
 from .transforms import Transform
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,19 @@ def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
 def transform_annotations(
     annotations: list[dict], transform: Transform
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-crowd annotations -> ``(boxes [N, 4] float32 XYXY, transformed; classes [N] int64)``."""
+    """Non-crowd annotations -> ``(boxes [N, 4] float32 XYXY, transformed; classes [N] int64)``.
+
+    Each annotation's ``bbox`` is read in its ``bbox_mode`` (a :class:`BoxMode`, default XYXY_ABS).
+    """
     kept = [a for a in annotations if not a.get("iscrowd", 0)]
-    boxes = np.array([a["bbox"] for a in kept], dtype=np.float64).reshape(-1, 4)
+    # "bbox_mode" as in cvpods/detectron2 dataset dicts (XYWH_ABS from COCO json); absent: XYXY_ABS.
+    boxes = np.array(
+        [
+            BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
+            for a in kept
+        ],
+        dtype=np.float64,
+    ).reshape(-1, 4)
     classes = np.array([a["category_id"] for a in kept], dtype=np.int64)
     if len(kept):
         boxes = transform.apply_box(boxes)

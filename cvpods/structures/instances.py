@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .boxes import StructureError
+
 
 class Instances:
     """An image size ``(height, width)`` plus fields that all have the same length N.
@@ -39,7 +41,7 @@ class Instances:
 
     def set(self, name: str, value: Any) -> None:
         if self._fields and len(value) != len(self):
-            raise ValueError(
+            raise StructureError(
                 f"field {name!r} has length {len(value)}, but the Instances have length {len(self)}"
             )
         self._fields[name] = value
@@ -86,13 +88,17 @@ class Instances:
     @staticmethod
     def cat(instance_lists: list[Instances]) -> Instances:
         """Concatenate Instances of the same image size and fields."""
+        if not isinstance(instance_lists, (list, tuple)) or not all(
+            isinstance(i, Instances) for i in instance_lists
+        ):
+            raise StructureError("Instances.cat takes a list of Instances")
         if not instance_lists:
-            raise ValueError("Instances.cat needs at least one Instances")
+            raise StructureError("Instances.cat needs at least one Instances")
         if len(instance_lists) == 1:
             return instance_lists[0]
         image_size = instance_lists[0].image_size
         if any(i.image_size != image_size for i in instance_lists[1:]):
-            raise ValueError("Instances.cat: all Instances must have the same image_size")
+            raise StructureError("Instances.cat: all Instances must have the same image_size")
         out = Instances(image_size)
         for name, first in instance_lists[0]._fields.items():
             values = [i.get(name) for i in instance_lists]

@@ -12,6 +12,7 @@ Writers read the storage periodically: :class:`CommonMetricPrinter` (console, wi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -19,6 +20,7 @@ import os
 import statistics
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,12 +31,17 @@ __all__ = [
     "EventWriter",
     "HistoryBuffer",
     "JSONWriter",
+    "NoEventStorageError",
     "TensorboardXWriter",
     "get_event_storage",
 ]
 
 # The storages currently open, innermost last (the `with` statement pushes and pops).
 _STORAGE_STACK: list[EventStorage] = []
+
+
+class NoEventStorageError(RuntimeError, AssertionError):
+    """get_event_storage() outside a storage (an AssertionError in cvpods, hence both)."""
 
 
 def get_event_storage() -> EventStorage:
@@ -44,7 +51,7 @@ def get_event_storage() -> EventStorage:
         RuntimeError: when no storage is open (outside a trainer's ``train()``).
     """
     if not _STORAGE_STACK:
-        raise RuntimeError(
+        raise NoEventStorageError(
             "get_event_storage() called outside an EventStorage context: no training is running "
             "(open one with `with EventStorage():`)"
         )
@@ -115,6 +122,26 @@ class EventStorage:
         self._histories: dict[str, HistoryBuffer] = {}
         self._latest: dict[str, tuple[float, int]] = {}
         self._smoothing_hints: dict[str, bool] = {}
+        self._current_prefix = ""
+
+    @property
+    def iteration(self) -> int:
+        """The current iteration (the same as :attr:`iter`)."""
+        return self.iter
+
+    @iteration.setter
+    def iteration(self, value: int) -> None:
+        self.iter = int(value)
+
+    @contextlib.contextmanager
+    def name_scope(self, name: str) -> Iterator[None]:
+        """Scalars recorded inside are named ``"<name>/<scalar>"`` (the innermost scope wins)."""
+        old_prefix = self._current_prefix
+        self._current_prefix = name.rstrip("/") + "/"
+        try:
+            yield
+        finally:
+            self._current_prefix = old_prefix
 
     # ------------------------------------------------------------------ recording
     def put_scalar(
@@ -128,6 +155,7 @@ class EventStorage:
             smoothing_hint: whether writers should show a windowed median rather than the
                 latest value (losses: yes; learning rate, evaluation results: no).
         """
+        name = self._current_prefix + name
         if isinstance(value, torch.Tensor):
             value = value.detach().item()
         value = float(value)

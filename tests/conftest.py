@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ from cvpods.engine.launcher import load_experiment as load_experiment_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PLAYGROUND = REPO / "cvpods_playground"
-REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
+# The committed official-output fixtures (see tests/fixtures/reference/README.md).
+REFERENCE = REPO / "tests" / "fixtures" / "reference"
 
 # Small ResNet so that full-model tests stay fast (the full-model fixtures use these widths).
 THIN_BACKBONE = {
@@ -24,14 +27,26 @@ THIN_BACKBONE = {
 
 
 def reference_path(name: str) -> Path:
+    """The committed reference fixture ``name``; a missing one fails the test (never skips)."""
     path = REFERENCE / name
     if not path.exists():
-        pytest.skip(f"reference fixture {path} is not available")
+        pytest.fail(f"reference fixture {path} is missing (it is committed under tests/fixtures)")
     return path
 
 
 def load_reference(name: str) -> dict:
-    return torch.load(reference_path(name), map_location="cpu", weights_only=True)
+    """A reference fixture with its weights rebuilt bit-identical to the official ones."""
+    fixture = torch.load(reference_path(name), map_location="cpu", weights_only=True)
+    return _compact_module().expand(fixture)
+
+
+@functools.cache
+def _compact_module():
+    """tests/fixtures/reference/compact.py (the fixtures' weight recipes), loaded by path."""
+    spec = importlib.util.spec_from_file_location("reference_compact", REFERENCE / "compact.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_experiment(name: str):

@@ -10,15 +10,14 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
+import cvpods.layers as layers_lib
+import cvpods.modeling.backbone as backbone_lib
 from cvpods.checkpoint import DetectionCheckpointer, align_to_model, parse_weights
 from cvpods.checkpoint.model_loading import group_keys
 from cvpods.configs import FCOSConfig
-
-torchvision = pytest.importorskip("torchvision")
-backbone_lib = pytest.importorskip("cvpods.modeling.backbone")
-layers_lib = pytest.importorskip("cvpods.layers")
 
 TORCHVISION_INPUT = {
     "INPUT.FORMAT": "RGB",

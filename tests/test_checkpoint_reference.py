@@ -6,11 +6,9 @@ import pickle
 
 import pytest
 import torch
+from conftest import load_experiment, load_reference
 
 from cvpods.checkpoint import DetectionCheckpointer
-
-pytest.importorskip("cvpods.modeling")
-from conftest import load_experiment, load_reference  # noqa: E402
 
 FULL_FIXTURES = [
     "full_fcos_seed11.pt",

@@ -173,3 +173,20 @@ def test_full_model_fixture(fixture_name):
             assert_detections_match(
                 result.pred_boxes.tensor, result.scores, result.pred_classes, expected
             )
+
+
+def test_missing_reference_fixture_fails_instead_of_skipping():
+    with pytest.raises(pytest.fail.Exception, match="missing"):
+        reference_path("no_such_fixture.pt")
+
+
+def test_committed_weights_are_checked_against_the_official_digest():
+    """The committed fixtures store the weights as a seeded recipe; a changed recipe is caught."""
+    raw = torch.load(reference_path("fcos_seed1.pt"), map_location="cpu", weights_only=True)
+    recipe = raw["head_state_dict_recipe"]
+    entry = next(e for e in recipe["entries"] if e[1] == "affine")
+    entry[3] = entry[3] * 1.0001
+    from conftest import _compact_module
+
+    with pytest.raises(AssertionError, match="differ from the official"):
+        _compact_module().expand(raw)

@@ -95,30 +95,51 @@ def test_get_param_groups_drops_empty_groups() -> None:
     assert [g["name"] for g in groups] == ["default"]
 
 
-@pytest.mark.parametrize("clip_type", ["value", "norm"])
-def test_gradient_clipping(clip_type: str) -> None:
-    net = nn.Linear(4, 1, bias=False)
+def _clip_step(clip_type: str, clip_value: float, grads: dict) -> dict:
+    """One SGD step (lr 1, no momentum or decay) from zero weights: returns minus the weights,
+    i.e. the clipped gradients."""
+    net = nn.Linear(2, 1)
     nn.init.zeros_(net.weight)
+    nn.init.zeros_(net.bias)
     cfg = _cfg(BASE_LR=1.0, MOMENTUM=0.0, WEIGHT_DECAY=0.0)
     cfg.merge_from_dict(
         {
             "SOLVER.CLIP_GRADIENTS.ENABLED": True,
             "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": clip_type,
-            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 0.5,
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": clip_value,
         }
     )
     optimizer = build_optimizer(cfg, net)
     assert isinstance(optimizer, torch.optim.SGD)
-    net.weight.grad = torch.tensor([[3.0, -4.0, 0.1, 0.0]])
+    net.weight.grad = torch.tensor([grads["weight"]])
+    net.bias.grad = torch.tensor(grads["bias"])
     optimizer.step()
-    # lr 1, no momentum: the update is minus the clipped gradient.
-    update = -net.weight.detach()
-    if clip_type == "value":
-        expected = torch.tensor([[0.5, -0.5, 0.1, 0.0]])
-    else:
-        grad = torch.tensor([[3.0, -4.0, 0.1, 0.0]])
-        expected = grad * 0.5 / grad.norm()
-    assert torch.allclose(update, expected, atol=1e-5)
+    return {"weight": (-net.weight.detach())[0].tolist(), "bias": (-net.bias.detach()).tolist()}
+
+
+GRADS = {"weight": [3.0, -4.0], "bias": [0.3]}  # norms 5 and 0.3; together sqrt(25.09)
+
+
+def test_clip_value_clamps_each_element() -> None:
+    update = _clip_step("value", 0.5, GRADS)
+    assert update["weight"] == pytest.approx([0.5, -0.5])
+    assert update["bias"] == pytest.approx([0.3])
+
+
+def test_clip_norm_is_per_parameter_as_in_the_release() -> None:
+    """ "norm" clips each parameter's gradient separately: the weight (norm 5) is scaled to norm 1,
+    the bias (norm 0.3) is left alone."""
+    update = _clip_step("norm", 1.0, GRADS)
+    assert update["weight"] == pytest.approx([0.6, -0.8], abs=1e-6)
+    assert update["bias"] == pytest.approx([0.3], abs=1e-7)
+
+
+def test_clip_full_model_scales_all_gradients_together() -> None:
+    """ "full_model": one norm over all gradients, sqrt(3^2 + 4^2 + 0.3^2) = 5.00899..."""
+    total = (3.0**2 + 4.0**2 + 0.3**2) ** 0.5
+    update = _clip_step("full_model", 1.0, GRADS)
+    assert update["weight"] == pytest.approx([3.0 / total, -4.0 / total], abs=1e-6)
+    assert update["bias"] == pytest.approx([0.3 / total], abs=1e-6)
 
 
 def test_bad_clip_type_is_a_config_error() -> None:
@@ -128,6 +149,39 @@ def test_bad_clip_type_is_a_config_error() -> None:
     )
     with pytest.raises(ConfigError, match="CLIP_TYPE"):
         build_optimizer(cfg, nn.Linear(2, 2))
+
+
+def _decay_step(**solver) -> tuple[float, float]:
+    """One SGD step with zero gradients from weight 1 and bias 2: only weight decay moves them."""
+    net = nn.Linear(1, 1)
+    nn.init.constant_(net.weight, 1.0)
+    nn.init.constant_(net.bias, 2.0)
+    optimizer = build_optimizer(_cfg(BASE_LR=0.5, MOMENTUM=0.0, **solver), net)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    return float(net.weight), float(net.bias)
+
+
+def test_bias_weight_decay_follows_weight_decay_by_default() -> None:
+    """As in the release: biases decay with WEIGHT_DECAY unless WEIGHT_DECAY_BIAS is set.
+    SGD: p <- p - lr * wd * p, so 1 -> 1 - 0.5 * 0.1 = 0.95 and 2 -> 2 - 0.5 * 0.1 * 2 = 1.9."""
+    assert BaseDetectionConfig().SOLVER.WEIGHT_DECAY_BIAS is None
+    weight, bias = _decay_step(WEIGHT_DECAY=0.1)
+    assert weight == pytest.approx(0.95) and bias == pytest.approx(1.9)
+    # Set explicitly, it wins: 2 -> 2 - 0.5 * 0.01 * 2 = 1.99.
+    weight, bias = _decay_step(WEIGHT_DECAY=0.1, WEIGHT_DECAY_BIAS=0.01)
+    assert weight == pytest.approx(0.95) and bias == pytest.approx(1.99)
+    weight, bias = _decay_step(WEIGHT_DECAY=0.1, WEIGHT_DECAY_BIAS=0.0)
+    assert bias == 2.0
+
+
+def test_shapes_experiments_keep_whole_model_norm_clipping() -> None:
+    from conftest import load_experiment
+
+    for name in ("shapes.res18.dynamic.d4.lambda-0_1", "shapes.res18.fix.d4", "shapes.res18.fcos"):
+        cfg, _ = load_experiment(name)
+        assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model", name
 
 
 def _lrs(scheduler, optimizer, iterations: int) -> list[float]:

@@ -97,10 +97,13 @@ _DEFAULTS = dict(
         # Weight decay of normalisation layers' affine parameters.
         WEIGHT_DECAY_NORM=0.0,
         BIAS_LR_FACTOR=1.0,
-        WEIGHT_DECAY_BIAS=1e-4,
+        # Weight decay of biases; None: WEIGHT_DECAY (as in the release).
+        WEIGHT_DECAY_BIAS=None,
         CLIP_GRADIENTS=dict(
             ENABLED=False,
-            # "value" or "norm".
+            # "value": clamp each gradient element; "norm": clip each parameter's gradient norm
+            # separately (the release's meaning); "full_model": clip the norm of all gradients
+            # together.
             CLIP_TYPE="value",
             CLIP_VALUE=1.0,
             NORM_TYPE=2.0,

@@ -11,6 +11,7 @@ from torch import nn
 from cvpods.configs import ConfigError
 
 __all__ = [
+    "CLIP_TYPES",
     "NORM_MODULE_TYPES",
     "build_optimizer",
     "get_param_groups",
@@ -70,12 +71,17 @@ def get_param_groups(
     ]
 
 
+#: SOLVER.CLIP_GRADIENTS.CLIP_TYPE values.
+CLIP_TYPES = ("value", "norm", "full_model")
+
+
 def _clip_function(cfg: Any):
     clip = cfg.SOLVER.CLIP_GRADIENTS
     clip_type = str(clip.CLIP_TYPE).lower()
     value = float(clip.CLIP_VALUE)
     if value <= 0:
         raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0, got {clip.CLIP_VALUE!r}")
+    norm_type = float(clip.NORM_TYPE)
     if clip_type == "value":
 
         def clip_value(parameters: Iterable[torch.Tensor]) -> None:
@@ -83,14 +89,22 @@ def _clip_function(cfg: Any):
 
         return clip_value
     if clip_type == "norm":
-        norm_type = float(clip.NORM_TYPE)
+        # As the release (and detectron2): each parameter's gradient separately.
 
-        def clip_norm(parameters: Iterable[torch.Tensor]) -> None:
-            torch.nn.utils.clip_grad_norm_(parameters, value, norm_type)
+        def clip_norm_per_parameter(parameters: Iterable[torch.Tensor]) -> None:
+            for parameter in parameters:
+                torch.nn.utils.clip_grad_norm_(parameter, value, norm_type)
 
-        return clip_norm
+        return clip_norm_per_parameter
+    if clip_type == "full_model":
+
+        def clip_norm_full_model(parameters: Iterable[torch.Tensor]) -> None:
+            torch.nn.utils.clip_grad_norm_(list(parameters), value, norm_type)
+
+        return clip_norm_full_model
     raise ConfigError(
-        f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value' or 'norm', got {clip.CLIP_TYPE!r}"
+        f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be one of {', '.join(map(repr, CLIP_TYPES))}, "
+        f"got {clip.CLIP_TYPE!r}"
     )
 
 
@@ -99,10 +113,13 @@ def maybe_add_gradient_clipping(
 ) -> type[torch.optim.Optimizer]:
     """``optimizer_class`` itself, or (SOLVER.CLIP_GRADIENTS.ENABLED) a subclass clipping first.
 
-    The subclass clips the gradients of all its parameters together before every ``step()``:
-    ``"value"`` clamps each gradient element to ``[-CLIP_VALUE, CLIP_VALUE]``; ``"norm"`` rescales
-    so the total ``NORM_TYPE``-norm of all gradients is at most ``CLIP_VALUE``. Under AMP the
-    gradient scaler unscales before calling ``step()``, so clipping sees true gradients.
+    The subclass clips the gradients of its parameters before every ``step()``, by
+    SOLVER.CLIP_GRADIENTS.CLIP_TYPE: ``"value"`` clamps each gradient element to
+    ``[-CLIP_VALUE, CLIP_VALUE]``; ``"norm"`` rescales each parameter's gradient separately so that
+    its ``NORM_TYPE``-norm is at most ``CLIP_VALUE`` (the release's and detectron2's meaning);
+    ``"full_model"`` rescales all gradients together so that their total norm is at most
+    ``CLIP_VALUE``. Under AMP the gradient scaler unscales before calling ``step()``, so clipping
+    sees true gradients.
     """
     if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
         return optimizer_class
@@ -124,7 +141,7 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum over :func:`get_param_groups` of ``model``, from the SOLVER settings.
 
     Uses SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR,
-    WEIGHT_DECAY_BIAS and CLIP_GRADIENTS.
+    WEIGHT_DECAY_BIAS (``None``: the same as WEIGHT_DECAY, as in the release) and CLIP_GRADIENTS.
     """
     solver = cfg.SOLVER
     if solver.BASE_LR <= 0:
@@ -135,7 +152,7 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay=solver.WEIGHT_DECAY,
         weight_decay_norm=solver.WEIGHT_DECAY_NORM,
         bias_lr_factor=solver.BIAS_LR_FACTOR,
-        weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+        weight_decay_bias=solver.get("WEIGHT_DECAY_BIAS"),
     )
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")

@@ -12,6 +12,8 @@ _DEFAULTS = dict(
         DEVICE="cuda" if torch.cuda.is_available() else "cpu",
         # A checkpoint, state dict, official model-zoo file, torchvision .pth or MSRA .pkl.
         WEIGHTS="",
+        # Evaluation / demo refuse weights that fill less than this share of the model's tensors.
+        WEIGHTS_MIN_MATCHED_FRACTION=0.5,
         # Per-channel mean / std (in INPUT.FORMAT order, 0..255 pixel units) used to normalise.
         PIXEL_MEAN=[103.530, 116.280, 123.675],
         PIXEL_STD=[1.0, 1.0, 1.0],
@@ -72,6 +74,8 @@ _DEFAULTS = dict(
         # $CVPODS_DATASETS (default ./datasets)/shapes/: image counts, side length range in
         # pixels (each side drawn in [MIN_SIZE, MAX_SIZE]) and seed.
         SHAPES=dict(NUM_TRAIN=2000, NUM_VAL=200, MIN_SIZE=256, MAX_SIZE=384, SEED=0),
+        # Leave out (and count) missing/unreadable images and malformed annotations; else error.
+        SKIP_BAD_DATA=False,
     ),
     DATALOADER=dict(
         NUM_WORKERS=2,
@@ -112,6 +116,12 @@ _DEFAULTS = dict(
         AMP=dict(ENABLED=False),
         # Total images per iteration over all processes.
         IMS_PER_BATCH=16,
+        # Images per process. When set (the official experiments: 2, with IMS_PER_BATCH 16 for 8
+        # GPUs), the solver is scaled to the number of processes by the linear rule
+        # (cvpods.configs.scaling.adjust_config); None: IMS_PER_BATCH is a fixed total batch.
+        IMS_PER_DEVICE=None,
+        # False keeps IMS_PER_BATCH (and the schedule) fixed even when IMS_PER_DEVICE is set.
+        SCALE_WITH_WORLD_SIZE=True,
         CHECKPOINT_PERIOD=5000,
         # Keep this many periodic checkpoints (model_final.pth is always kept); 0 keeps all.
         CHECKPOINT_MAX_KEEP=0,

@@ -23,7 +23,15 @@ COCO_FCOS_R50_1X = dict(
         ),
     ),
     DATASETS=dict(TRAIN=("coco_2017_train",), TEST=("coco_2017_val",)),
-    SOLVER=dict(IMS_PER_BATCH=16, BASE_LR=0.01, STEPS=(60000, 80000), MAX_ITER=90000),
+    # Written for 8 GPUs at 2 images each; on N processes the solver is scaled by N/8 (linear
+    # rule, cvpods.configs.scaling) as in the release.
+    SOLVER=dict(
+        IMS_PER_BATCH=16,
+        IMS_PER_DEVICE=2,
+        BASE_LR=0.01,
+        STEPS=(60000, 80000),
+        MAX_ITER=90000,
+    ),
     OUTPUT_DIR="./log",
 )
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cvpods.configs.scaling import adjust_config
 from cvpods.utils import comm
 from cvpods.utils.env import collect_env_info, get_rng_state, seed_all_rng, set_rng_state
 from cvpods.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
@@ -47,12 +48,16 @@ logger = logging.getLogger(__name__)
 CONFIG_DUMP_FILE = "config_dump.py"
 
 
-def default_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
+def default_argument_parser(
+    description: str | None = None, *, training: bool = True
+) -> argparse.ArgumentParser:
     """The command line shared by ``cvpods_train`` and ``cvpods_test``.
 
     ``[--num-gpus N | --gpu-nums N] [--num-machines M] [--machine-rank R] [--dist-url URL]
-    [--resume] [--eval-only] [KEY VALUE ...]``. Parse with ``parser.parse_intermixed_args()``
-    so that options may also follow the ``KEY VALUE`` overrides.
+    [--resume | --start-over] [--eval-only] [KEY VALUE ...]``; the training-only flags
+    (``--resume``, ``--start-over``, ``--eval-only``) only with ``training=True``. Parse with
+    ``parser.parse_intermixed_args()`` so that options may also follow the ``KEY VALUE``
+    overrides.
     """
     parser = argparse.ArgumentParser(
         description=description,
@@ -77,12 +82,20 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
         help="rendezvous URL of the process group (tcp://HOST:PORT); 'auto' picks a free "
         "local port (one machine)",
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the newest checkpoint in OUTPUT_DIR (its last_checkpoint file)",
-    )
-    parser.add_argument("--eval-only", action="store_true", help="evaluate only, do not train")
+    if training:
+        restart = parser.add_mutually_exclusive_group()
+        restart.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue from the newest checkpoint in OUTPUT_DIR (its last_checkpoint file)",
+        )
+        restart.add_argument(
+            "--start-over",
+            action="store_true",
+            help="train from scratch although OUTPUT_DIR holds a run: that run is moved aside to "
+            "OUTPUT_DIR.old-<timestamp> (nothing is deleted)",
+        )
+        parser.add_argument("--eval-only", action="store_true", help="evaluate only, do not train")
     parser.add_argument(
         "opts",
         nargs="*",
@@ -94,8 +107,14 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
-    """``obj`` as indented JSON in ``path``, through a temporary file and a rename."""
+    """``obj`` as indented, strict JSON in ``path``, through a temporary file and a rename.
+
+    Tensors and numpy values are converted; NaN and infinities become ``null`` with a reason
+    under ``"null_reasons"`` (see :func:`cvpods.evaluation.testing.strict_json_results`), so the
+    file never holds the non-standard ``NaN`` token.
+    """
     from cvpods.checkpoint.file_io import atomic_write_text
+    from cvpods.evaluation.testing import strict_json_results
 
     def convert(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -106,7 +125,10 @@ def write_json_atomic(obj: Any, path: str) -> None:
             return value.tolist()
         raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-    atomic_write_text(json.dumps(obj, indent=2, default=convert) + "\n", path)
+    plain = json.loads(json.dumps(obj, default=convert))  # NaN survives as float('nan')
+    if isinstance(plain, dict):
+        plain = strict_json_results(plain)
+    atomic_write_text(json.dumps(plain, indent=2, allow_nan=False) + "\n", path)
 
 
 def _config_dump_text(cfg: Any) -> str:
@@ -121,14 +143,18 @@ def _config_dump_text(cfg: Any) -> str:
     return "\n".join(header) + "\n" + cfg.dump()
 
 
-def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> int:
+def default_setup(
+    cfg: Any, args: argparse.Namespace | None = None, config_dump: str = CONFIG_DUMP_FILE
+) -> int:
     """Prepare a process for training or evaluation.
 
     Creates OUTPUT_DIR, sets up logging (console on rank 0, ``OUTPUT_DIR/log.txt`` per rank),
-    logs the environment, the arguments and the config changes, writes the full config to
+    logs the environment and the arguments, scales the solver to the number of processes
+    (:func:`cvpods.configs.scaling.adjust_config`), logs the config changes, writes the full config to
     ``OUTPUT_DIR/config_dump.py`` (rank 0), seeds every generator with ``SEED + rank`` (a
     negative SEED draws one on rank 0 and stores it in ``cfg.SEED``) and applies
-    CUDNN_BENCHMARK.
+    CUDNN_BENCHMARK. ``config_dump`` names the dump file inside OUTPUT_DIR ("" writes none;
+    ``cvpods_test`` keeps the training's ``config_dump.py`` and writes its own elsewhere).
 
     Returns:
         this process's seed.
@@ -143,6 +169,8 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> int:
     logger.info("Environment info:\n%s", collect_env_info())
     if args is not None:
         logger.info("Command line arguments: %s", vars(args))
+    # The release's GPU-count scaling (official experiments: SOLVER.IMS_PER_DEVICE set).
+    adjust_config(cfg, comm.get_world_size())
 
     if cfg.SEED < 0:
         cfg.SEED = comm.shared_random_seed()
@@ -151,10 +179,10 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> int:
 
     diff = cfg.diff_from_defaults() if hasattr(cfg, "diff_from_defaults") else ""
     logger.info("Config changed from the defaults:\n%s", diff or "(nothing)")
-    if comm.is_main_process() and output_dir:
+    if comm.is_main_process() and output_dir and config_dump:
         from cvpods.checkpoint.file_io import atomic_write_text
 
-        path = os.path.join(output_dir, CONFIG_DUMP_FILE)
+        path = os.path.join(output_dir, config_dump)
         atomic_write_text(_config_dump_text(cfg), path)
         logger.info("Full config saved to %s", os.path.abspath(path))
 
@@ -201,6 +229,7 @@ class DefaultTrainer(SimpleTrainer):
         logger.info("Model:\n%s", model)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        self.check_test_data(cfg)
 
         if comm.get_world_size() > 1:
             find_unused = bool(cfg.SOLVER.get("DDP_FIND_UNUSED_PARAMETERS", False)) or bool(
@@ -256,6 +285,14 @@ class DefaultTrainer(SimpleTrainer):
         from cvpods.data import build_train_loader
 
         return build_train_loader(cfg, start_iter=start_iter)
+
+    @classmethod
+    def check_test_data(cls, cfg: Any) -> None:
+        """Load and check DATASETS.TEST now, so a broken or empty test set stops the run before
+        training rather than after it (see :func:`cvpods.data.build.check_datasets`)."""
+        from cvpods.data.build import check_datasets
+
+        check_datasets(cfg, list(cfg.DATASETS.TEST))
 
     @classmethod
     def build_test_loader(cls, cfg: Any, dataset_name: str) -> Iterable:
@@ -381,7 +418,8 @@ class DefaultTrainer(SimpleTrainer):
         Returns:
             ``{dataset_name: results}`` with results like ``{"bbox": {"AP": ...}, ...}`` (empty
             dicts on processes other than rank 0). Rank 0 also writes each dataset's results
-            to ``OUTPUT_DIR/inference/<dataset>/results.json``.
+            to ``OUTPUT_DIR/inference/<dataset>/results.json`` (strict JSON: an undefined
+            metric is ``null``, with its reason under ``"null_reasons"``).
         """
         from cvpods.evaluation import inference_on_dataset, print_csv_format
 

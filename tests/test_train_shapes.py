@@ -46,5 +46,10 @@ def test_loss_falls_and_evaluation_returns_ap(
     assert len(losses) >= 4, records
     assert losses[-1] < 0.7 * losses[0], f"total loss did not fall: {losses}"
     results = json.loads((out / "inference" / "shapes_val" / "results.json").read_text())
-    assert 0.0 <= results["bbox"]["AP"] <= 100.0
+    # Floors with margin: this schedule measured AP 19.3, AP50 39.4 (2 cores, one run; runs are
+    # not bit-identical). A broken model, target assignment or evaluation stays near 0.
+    assert results["bbox"]["AP"] >= 8.0, results["bbox"]
+    assert results["bbox"]["AP50"] >= 20.0, results["bbox"]
+    complexity = results["head_complexity"]
+    assert complexity["min_gflops"] <= complexity["avg_gflops"] <= complexity["max_gflops"]
     assert results["head_complexity"]["num_images"] == 8

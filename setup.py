@@ -95,7 +95,6 @@ setup(
         "numpy",
         "opencv-python-headless",
         "pycocotools",
-        "prodict",
         "tensorboard",
         "tqdm",
         "tabulate",

@@ -7,15 +7,27 @@ schedule. See docs/weights.md.
 """
 
 from .detection_checkpoint import LAST_CHECKPOINT_FILE, DetectionCheckpointer, unwrap_model
-from .file_io import load_checkpoint_file
-from .model_loading import LoadReport, align_to_model, load_into_model
+from .file_io import DiskFullError, NotACheckpointError, load_checkpoint_file
+from .model_loading import (
+    DEFAULT_MIN_MATCHED_FRACTION,
+    LoadReport,
+    WeightsMismatchError,
+    align_to_model,
+    check_enough_matched,
+    load_into_model,
+)
 from .periodic_checkpointer import PeriodicCheckpointer
 from .safe_pickle import UnsafeCheckpointError, load_pickle_safely
 from .url_cache import cache_dir, cached_path_of, resolve_weights_path
 from .weight_formats import WeightsContent, parse_weights
 
 __all__ = [
+    "DEFAULT_MIN_MATCHED_FRACTION",
     "DetectionCheckpointer",
+    "DiskFullError",
+    "NotACheckpointError",
+    "WeightsMismatchError",
+    "check_enough_matched",
     "LAST_CHECKPOINT_FILE",
     "LoadReport",
     "PeriodicCheckpointer",

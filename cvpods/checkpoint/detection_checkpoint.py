@@ -29,7 +29,7 @@ from .file_io import (
     check_weights_only_loadable,
     load_checkpoint_file,
 )
-from .model_loading import LoadReport, align_to_model, load_into_model
+from .model_loading import LoadReport, align_to_model, check_enough_matched, load_into_model
 from .url_cache import resolve_weights_path
 from .weight_formats import WeightsContent, parse_weights
 
@@ -157,9 +157,23 @@ class DetectionCheckpointer:
             return self.load(self.get_checkpoint_file())
         return self.load(path, checkpointables=[])
 
-    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+    def load(
+        self,
+        path: str,
+        checkpointables: list[str] | None = None,
+        *,
+        min_matched_fraction: float | None = None,
+    ) -> dict[str, Any]:
         """Load model weights from ``path`` (a file or URL in any supported format) and the named
         checkpointables found in it (all of them when ``None``).
+
+        Args:
+            path: the weights file or URL ("" loads nothing).
+            checkpointables: names of the checkpointables to restore (None: all found).
+            min_matched_fraction: if given, raise :class:`WeightsMismatchError` (with a table of
+                what matched per module) when less than this share of the model's tensors was
+                loaded: evaluating a checkpoint of another architecture is an error, not AP 0.
+                Training from a backbone-only file passes None.
 
         Returns:
             The file's remaining entries (e.g. ``{"iteration": 123}``); ``{}`` for an empty path.
@@ -179,6 +193,8 @@ class DetectionCheckpointer:
         content = parse_weights(load_checkpoint_file(local), source=local)
         self._warn_on_convention_mismatch(content, path)
         self.last_report = self._load_model(content, source=path)
+        if min_matched_fraction is not None:
+            check_enough_matched(self.last_report, path, min_matched_fraction)
         remaining = content.extra
         for name in names:
             if name in remaining:

@@ -5,13 +5,21 @@ Writes go to a temporary file in the destination folder and are renamed over the
 a truncated checkpoint under the real name. Reads never unpickle arbitrary objects: torch files use
 ``torch.load(weights_only=True)`` and ``.pkl`` files the restricted unpickler of
 :mod:`cvpods.checkpoint.safe_pickle`.
+
+Errors a person can act on: a full disk raises :class:`DiskFullError` ("no space left on device:
+<path>"); a file that is no checkpoint at all (a text file, an HTML error page, a Git LFS pointer,
+an image) raises :class:`NotACheckpointError` saying what it looks like. Temporary files left by
+an interrupted write (``.<name>.<12 hex digits>.tmp``) are found and removed by
+:func:`remove_temporary_files`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -22,37 +30,116 @@ from .safe_pickle import UnsafeCheckpointError, load_pickle_safely
 
 __all__ = [
     "PICKLE_EXTENSIONS",
+    "DiskFullError",
+    "NotACheckpointError",
     "atomic_save",
     "atomic_write_text",
+    "check_checkpoint_file",
     "check_weights_only_loadable",
+    "describe_file_content",
     "load_checkpoint_file",
+    "remove_temporary_files",
 ]
 
 PICKLE_EXTENSIONS = (".pkl", ".pickle")
 # torch.save files are zip archives; one named .pkl still goes through the weights-only torch load.
 _ZIP_MAGIC = b"PK\x03\x04"
+# Pickle protocols 2..5 start with the PROTO opcode; legacy (pre-1.6) torch.save files too.
+_PICKLE_PROTO = b"\x80"
+# The temporary files of _atomic_file: ".<destination name>.<12 hex digits>.tmp".
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+class DiskFullError(OSError):
+    """A write failed because the device is full; ``str()`` is "no space left on device: <path>".
+
+    The destination was left as it was (writes go through a temporary file).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ENOSPC, "no space left on device", path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"no space left on device: {self.path} (the file was left unchanged)"
+
+
+class NotACheckpointError(pickle.UnpicklingError, RuntimeError):
+    """The file is not a checkpoint (or a weights pickle) at all: the message says what it is."""
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is ENOSPC / EDQUOT."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        # torch's C++ writer reports the failure as a RuntimeError holding the system message.
+        if "No space left on device" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _open_temporary(fd: int, mode: str) -> IO:
+    """The file object written by :func:`_atomic_file` (a seam for tests that simulate errors)."""
+    return os.fdopen(fd, mode)
 
 
 @contextlib.contextmanager
 def _atomic_file(path: str, mode: str, verify: Callable[[str], None] | None = None) -> Iterator[IO]:
-    """A temporary file next to ``path`` that replaces ``path`` if the block finishes normally."""
+    """A temporary file next to ``path`` that replaces ``path`` if the block finishes normally.
+
+    Raises:
+        DiskFullError: the device is full (the temporary file is removed, ``path`` unchanged).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp_path = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
     # Unlike tempfile.mkstemp (always 0600), os.open honours the umask like a normal file write.
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode) as f:
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        if _is_disk_full(e):
+            raise DiskFullError(path) from e
+        raise
+    try:
+        with _open_temporary(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         if verify is not None:
             verify(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
+        if isinstance(e, Exception) and not isinstance(e, DiskFullError) and _is_disk_full(e):
+            raise DiskFullError(path) from e
         raise
+
+
+def remove_temporary_files(folder: str) -> list[str]:
+    """Delete the temporary files that interrupted atomic writes left in ``folder``.
+
+    Only names of the form ``.<name>.<12 hex digits>.tmp`` (what the writers of this module
+    create) are touched. Call it only when no other process writes into ``folder`` (the
+    launchers hold the OUTPUT_DIR lock). Returns the removed paths.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        if _TEMPORARY_NAME.fullmatch(name) and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
 
 
 def atomic_save(
@@ -120,6 +207,77 @@ def check_weights_only_loadable(saved_path: str, obj: Any, where: str = "checkpo
     )
 
 
+# (magic bytes, what a file starting with them is)
+_KNOWN_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip archive (extract it first)"),
+    (b"BZh", "a bzip2 archive (extract it first)"),
+    (b"\xfd7zXZ", "an xz archive (extract it first)"),
+    (b"7z\xbc\xaf", "a 7-zip archive (extract it first)"),
+    (b"\x93NUMPY", "a numpy .npy array file"),
+    (b"\x89HDF", "an HDF5 file (Keras / h5py weights)"),
+    (b"\x08", "possibly a protobuf (ONNX / Caffe / TensorFlow) file"),
+)
+
+
+def describe_file_content(head: bytes) -> str:
+    """What a file starting with the bytes ``head`` looks like ("an HTML page", "a text file
+    starting with '...'", "a JPEG image", ...), for error messages."""
+    if not head:
+        return "an empty file (0 bytes)"
+    for magic, what in _KNOWN_MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data starting with {head[:16]!r}"
+    stripped = text.lstrip().lower()
+    if stripped.startswith("version https://git-lfs"):
+        return "a Git LFS pointer, not the file itself (run `git lfs pull`)"
+    if stripped.startswith(("<!doctype html", "<html", "<?xml", "<head")):
+        return "an HTML/XML page (a failed download or a login page?)"
+    if stripped.startswith(("{", "[")):
+        return "a JSON (text) file"
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"a text file starting with {first_line[:60]!r}"
+
+
+def _read_head(path: str, size: int = 512) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def _not_a_checkpoint(path: str, head: bytes, detail: str = "") -> NotACheckpointError:
+    what = describe_file_content(head)
+    suffix = f" ({detail})" if detail else ""
+    return NotACheckpointError(
+        f"{path} is not a checkpoint: it is neither a torch.save file (zip archive or legacy "
+        f"pickle) nor a weights pickle; it looks like {what}{suffix}"
+    )
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Fail fast on a local file that cannot be a checkpoint, reading only its first bytes.
+
+    Raises:
+        FileNotFoundError: no such file.
+        NotACheckpointError: not a torch.save zip archive or pickle (for ``.pkl`` files, which
+            may be old text-protocol pickles, only an empty file is refused here).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    head = _read_head(path)
+    if path.lower().endswith(PICKLE_EXTENSIONS):
+        if not head:
+            raise _not_a_checkpoint(path, head)
+        return
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        raise _not_a_checkpoint(path, head)
+
+
 def load_checkpoint_file(path: str) -> Any:
     """The object in ``path``: restricted unpickling for ``.pkl``, else a weights-only torch load.
 
@@ -128,24 +286,40 @@ def load_checkpoint_file(path: str) -> Any:
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file holds (or would execute) something other than plain data.
+        NotACheckpointError: the file is no checkpoint at all (the message says what it looks
+            like: a text file, an HTML page, an image, ...).
         RuntimeError: the file is not a readable checkpoint (corrupt or truncated).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == _ZIP_MAGIC
+    head = _read_head(path)
+    is_zip = head.startswith(_ZIP_MAGIC)
     if path.lower().endswith(PICKLE_EXTENSIONS) and not is_zip:
-        return load_pickle_safely(path)
+        try:
+            return load_pickle_safely(path)
+        except UnsafeCheckpointError:
+            raise
+        except pickle.UnpicklingError as e:
+            if head.startswith(_PICKLE_PROTO):
+                raise
+            raise _not_a_checkpoint(path, head) from e
+    if not is_zip and not head.startswith(_PICKLE_PROTO):
+        raise _not_a_checkpoint(path, head)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # not pickle opcodes at all: garbage, not a threat
+            raise NotACheckpointError(
+                f"{path}: not a readable torch checkpoint (corrupt, or not a checkpoint at all: "
+                f"{_first_line(e)})"
+            ) from e
         raise UnsafeCheckpointError(
             f"{path}: refused to load. torch.load(weights_only=True) found objects other than "
             "tensors and plain containers in this file; loading them could execute code, so "
             f"nothing from it was run. Details: {_refusal_reason(e)}"
         ) from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise RuntimeError(
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as e:
+        raise NotACheckpointError(
             f"{path}: not a readable torch checkpoint (corrupt or truncated?): {_first_line(e)}"
         ) from e
 

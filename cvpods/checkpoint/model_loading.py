@@ -9,7 +9,9 @@ other way around) and keeps the one under which the most keys match.
 
 :func:`load_into_model` then loads the matching tensors, skips shape mismatches (e.g. a classifier
 trained for another number of classes) with a warning, and logs one table of what was missing,
-unexpected or skipped.
+unexpected or skipped. :func:`check_enough_matched` turns a load that fits too little of the model
+(a checkpoint of another architecture) into a :class:`WeightsMismatchError` with a table per module
+of what matched; evaluation and the demo call it, training from a backbone-only file does not.
 """
 
 from __future__ import annotations
@@ -22,7 +24,25 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "align_to_model", "group_keys", "load_into_model", "format_table"]
+__all__ = [
+    "DEFAULT_MIN_MATCHED_FRACTION",
+    "LoadReport",
+    "WeightsMismatchError",
+    "align_to_model",
+    "check_enough_matched",
+    "format_table",
+    "group_keys",
+    "load_into_model",
+]
+
+#: The share of a model's tensors a checkpoint must fill (right name and shape) for evaluation
+#: (MODEL.WEIGHTS_MIN_MATCHED_FRACTION overrides it).
+DEFAULT_MIN_MATCHED_FRACTION = 0.5
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file fills too little of the model (most tensors missing or mis-shaped)."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +175,55 @@ class LoadReport:
         """Every model tensor was loaded and every checkpoint tensor was used."""
         return not (self.missing or self.unexpected or self.shape_mismatch)
 
+    @property
+    def num_model_tensors(self) -> int:
+        """Tensors of the model (``num_batches_tracked`` counters not counted)."""
+        return len(self.loaded) + len(self.missing) + len(self.shape_mismatch)
+
+    @property
+    def matched_fraction(self) -> float:
+        """The share of the model's tensors that were loaded (1.0 for a model without any)."""
+        total = self.num_model_tensors
+        return len(self.loaded) / total if total else 1.0
+
+    def module_table(self) -> str:
+        """Per module (one or two name levels), how many model tensors were loaded, were missing
+        from the file or had another shape there; plus the file's unused tensors."""
+        status = {k: "loaded" for k in self.loaded}
+        status.update({k: "missing" for k in self.missing})
+        status.update({k: "wrong shape" for k in self.shape_mismatch})
+        depth = 2
+        while depth > 1 and len({_module_of(k, depth) for k in status}) > 12:
+            depth -= 1
+        counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        for key, state in status.items():
+            counts[_module_of(key, depth)][state] += 1
+        rows = [
+            [
+                module,
+                str(sum(c.values())),
+                str(c["loaded"]),
+                str(c["missing"]),
+                str(c["wrong shape"]),
+            ]
+            for module, c in sorted(counts.items())
+        ]
+        rows.append(
+            [
+                "total",
+                str(self.num_model_tensors),
+                str(len(self.loaded)),
+                str(len(self.missing)),
+                str(len(self.shape_mismatch)),
+            ]
+        )
+        table = format_table(
+            ["module", "tensors", "loaded", "missing in file", "wrong shape"], rows
+        )
+        if self.unexpected:
+            table += f"\n(and {len(self.unexpected)} tensor(s) of the file match no model tensor)"
+        return table
+
     def table(self) -> str:
         """One table of missing, unexpected and shape-mismatched keys (grouped by prefix)."""
         rows = [
@@ -170,6 +239,38 @@ class LoadReport:
 
 def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(shape))
+
+
+def _module_of(key: str, depth: int) -> str:
+    """The first ``depth`` name levels of a parameter's module (``backbone.bottom_up``)."""
+    parts = key.split(".")[:-1] or [key]
+    return ".".join(parts[:depth])
+
+
+def check_enough_matched(
+    report: LoadReport, source: str, min_fraction: float = DEFAULT_MIN_MATCHED_FRACTION
+) -> None:
+    """Raise :class:`WeightsMismatchError` if ``report`` loaded less than ``min_fraction`` of the
+    model's tensors; the message holds :meth:`LoadReport.module_table`.
+
+    Args:
+        report: the outcome of loading ``source``.
+        source: the weights file (for the message).
+        min_fraction: in [0, 1]; 0 accepts anything.
+    """
+    if not 0.0 <= float(min_fraction) <= 1.0:
+        raise ValueError(
+            f"MODEL.WEIGHTS_MIN_MATCHED_FRACTION must be in [0, 1], got {min_fraction!r}"
+        )
+    if report.matched_fraction >= float(min_fraction):
+        return
+    raise WeightsMismatchError(
+        f"{source} does not fit this model: only {len(report.loaded)} of "
+        f"{report.num_model_tensors} model tensors ({report.matched_fraction:.0%}) were found in "
+        f"it with the right name and shape; evaluating needs at least {float(min_fraction):.0%} "
+        "(MODEL.WEIGHTS_MIN_MATCHED_FRACTION). Is it a checkpoint of another architecture or "
+        f"config?\n{report.module_table()}"
+    )
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -237,5 +338,6 @@ def _log_report(report: LoadReport, source: str, num_model_keys: int) -> None:
     table = report.table()
     if table:
         logger.warning("%s.\n%s", summary, table)
+        logger.info("What %s filled, per module:\n%s", source, report.module_table())
     else:
         logger.info("%s; all keys matched.", summary)

@@ -18,6 +18,7 @@ from cvpods.data import (
     load_coco_json,
     register_coco_instances,
 )
+from cvpods.data.validation import skipping_bad_data
 
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 12, "name": "bird"}]
 
@@ -117,7 +118,10 @@ def test_bad_boxes_are_clipped_or_dropped_with_a_log(tmp_path, caplog):
             {"image_id": 1, "category_id": 12, "bbox": [1, 1, 8, 8]},  # fine
         ],
     )
-    with caplog.at_level("WARNING", logger="cvpods.data.datasets.coco"):
+    # A malformed box is an error unless bad data is skipped (DATASETS.SKIP_BAD_DATA).
+    with pytest.raises(ValueError, match=r"annotation id 5 \(image_id 1\): bbox \[5, 5, 10\]"):
+        load_coco_json(json_file, str(tmp_path / "images"))
+    with caplog.at_level("WARNING", logger="cvpods.data.datasets.coco"), skipping_bad_data(True):
         dicts = load_coco_json(json_file, str(tmp_path / "images"))
     boxes = [a["bbox"] for a in dicts[0]["annotations"]]
     assert boxes == [[40.0, 30.0, 50.0, 40.0], [1.0, 1.0, 9.0, 9.0]]

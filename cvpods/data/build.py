@@ -19,6 +19,7 @@ from .dataset_mapper import DatasetMapper
 from .datasets import register_shapes_from_config
 from .detection_utils import filter_empty_annotations
 from .samplers import InferenceSampler, TrainingBatchSampler, TrainingSampler
+from .validation import BadDataError, check_image_files, skipping_bad_data
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,46 @@ __all__ = [
     "get_detection_dataset_dicts",
     "build_train_loader",
     "build_test_loader",
+    "check_datasets",
+    "skip_bad_data",
     "trivial_batch_collator",
     "resolve_data_seed",
 ]
 
 
-def get_detection_dataset_dicts(names: Sequence[str], filter_empty: bool = True) -> list[dict]:
-    """The dataset dicts of the datasets ``names``, concatenated (same classes required)."""
+def skip_bad_data(cfg: Any) -> bool:
+    """``DATASETS.SKIP_BAD_DATA`` (False when the config has no such key)."""
+    return bool(cfg.get("DATASETS", {}).get("SKIP_BAD_DATA", False))
+
+
+def _empty_dataset_message(name: str) -> str:
+    json_file = MetadataCatalog.get(name).get("json_file")
+    source = f" (annotations: {json_file})" if json_file else ""
+    return (
+        f"dataset {name!r}{source} has no images: there is nothing to train on or evaluate. "
+        "Check the file's 'images' list (and DATASETS.SKIP_BAD_DATA, which leaves bad images "
+        "out), or remove the dataset from DATASETS.TRAIN / DATASETS.TEST"
+    )
+
+
+def get_detection_dataset_dicts(
+    names: Sequence[str],
+    filter_empty: bool = True,
+    *,
+    check_files: bool = True,
+    skip_bad: bool = False,
+) -> list[dict]:
+    """The dataset dicts of the datasets ``names``, concatenated (same classes required).
+
+    Args:
+        names: registered dataset names.
+        filter_empty: drop images without a (non-crowd) annotation (training).
+        check_files: check every image file (exists, header decodes to the annotated size) with
+            :func:`cvpods.data.validation.check_image_files`, so bad data stops the run now, not
+            when the image is first sampled.
+        skip_bad: leave bad image files and malformed annotations out (counted in the log)
+            instead of raising :class:`~cvpods.data.validation.BadDataError`.
+    """
     if isinstance(names, str):
         names = [names]
     if not names:
@@ -40,9 +74,14 @@ def get_detection_dataset_dicts(names: Sequence[str], filter_empty: bool = True)
     all_dicts = []
     classes = None
     for name in names:
-        dicts = DatasetCatalog.get(name)
+        with skipping_bad_data(skip_bad):
+            dicts = DatasetCatalog.get(name)
         if not dicts:
-            raise ValueError(f"dataset {name!r} is empty")
+            raise BadDataError(_empty_dataset_message(name))
+        if check_files:
+            dicts = check_image_files(dicts, name, skip_bad=skip_bad)
+            if not dicts:
+                raise BadDataError(_empty_dataset_message(name))
         these = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and these is not None and these != classes:
             raise ValueError(
@@ -119,7 +158,9 @@ def build_train_loader(
             f"DATALOADER.SAMPLER_TRAIN: only 'TrainingSampler' exists, got {sampler_name!r}"
         )
     dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        skip_bad=skip_bad_data(cfg),
     )
     seed = resolve_data_seed(cfg)
     groups = None
@@ -151,7 +192,9 @@ def build_test_loader(
     Batches hold one image (a list with one mapper dict whose height/width are the original size).
     """
     register_shapes_from_config(cfg)
-    dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    dicts = get_detection_dataset_dicts(
+        [dataset_name], filter_empty=False, skip_bad=skip_bad_data(cfg)
+    )
     mapper = mapper if mapper is not None else DatasetMapper(cfg, is_train=False)
     seed = max(int(cfg.get("SEED", 0)), 0)
     dataset = MapDataset(DatasetFromList(dicts), mapper, seed)
@@ -162,3 +205,16 @@ def build_test_loader(
         sampler=InferenceSampler(len(dicts)),
         batch_size=1,
     )
+
+
+def check_datasets(cfg: Any, names: Sequence[str]) -> None:
+    """Load and check the registered datasets among ``names`` now (annotations and image files).
+
+    The trainer calls it for DATASETS.TEST before training, so that an empty or broken test set
+    stops the run at the start instead of after the last iteration. Names that are not
+    registered are left to whoever uses them (a custom Trainer may evaluate without the catalog).
+    """
+    register_shapes_from_config(cfg)
+    for name in names:
+        if name in DatasetCatalog:
+            get_detection_dataset_dicts([name], filter_empty=False, skip_bad=skip_bad_data(cfg))

@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -17,8 +18,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
+from ..checkpoint.file_io import atomic_write_text
+from ..data.build import skip_bad_data
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.datasets import load_coco_api, register_shapes_from_config
+from ..data.datasets.coco import remove_bad_annotations
+from ..data.validation import skipping_bad_data
 from ..utils import comm
 from .evaluator import DatasetEvaluator
 
@@ -104,10 +109,26 @@ def coco_api_from_dicts(dataset_dicts: list[dict], metadata: Any) -> COCO:
 
 
 def _write_json_atomic(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    """Strict JSON (no NaN) through a temporary file and a rename."""
+    atomic_write_text(json.dumps(data, allow_nan=False), path)
+
+
+def _finite_detections(detections: list[dict], dataset_name: str) -> list[dict]:
+    """Drop detections with a NaN / infinite box or score (a diverged model), with a warning."""
+    kept = [
+        d
+        for d in detections
+        if math.isfinite(d["score"]) and all(math.isfinite(v) for v in d["bbox"])
+    ]
+    if len(kept) != len(detections):
+        logger.warning(
+            "%s: dropped %d of %d detections whose box or score is NaN or infinite (did the "
+            "model diverge, or are these the wrong weights?)",
+            dataset_name,
+            len(detections) - len(kept),
+            len(detections),
+        )
+    return kept
 
 
 def _empty_results(coco_gt: COCO) -> COCO:
@@ -154,14 +175,20 @@ class COCOEvaluator(DatasetEvaluator):
         self.distributed = distributed
         self.output_dir = output_dir
         self.max_dets = 100
+        skip = False
         if cfg is not None:
             register_shapes_from_config(cfg)
             self.max_dets = int(cfg.get("TEST", {}).get("DETECTIONS_PER_IMAGE", 100))
-        dataset_dicts = DatasetCatalog.get(dataset_name)  # checks / generates the files
+            skip = skip_bad_data(cfg)
+        with skipping_bad_data(skip):
+            dataset_dicts = DatasetCatalog.get(dataset_name)  # checks / generates the files
         self.metadata = MetadataCatalog.get(dataset_name)
         json_file = self.metadata.get("json_file")
         if json_file and os.path.isfile(json_file):
             self.coco_api = load_coco_api(json_file)
+            # Loading the dataset raised on malformed entries unless DATASETS.SKIP_BAD_DATA left
+            # them out; leave them out of the ground truth too (pycocotools would choke on them).
+            remove_bad_annotations(self.coco_api)
         else:
             self.coco_api = coco_api_from_dicts(dataset_dicts, self.metadata)
         id_map = self.metadata.get("thing_dataset_id_to_contiguous_id")
@@ -200,6 +227,7 @@ class COCOEvaluator(DatasetEvaluator):
                 f"image ids {unknown[:10]} are not in the ground truth of {self.dataset_name!r}"
             )
         detections = [d for p in predictions for d in p["detections"]]
+        detections = _finite_detections(detections, self.dataset_name)
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
             path = os.path.join(self.output_dir, RESULTS_FILE)

@@ -14,10 +14,18 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from ..catalog import DatasetCatalog, MetadataCatalog
+from ..validation import BadDataError, format_problems, skip_bad_data_enabled
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_coco_api", "contiguous_id_map", "load_coco_json", "register_coco_instances"]
+__all__ = [
+    "load_coco_api",
+    "contiguous_id_map",
+    "find_annotation_problems",
+    "load_coco_json",
+    "register_coco_instances",
+    "remove_bad_annotations",
+]
 
 
 def load_coco_api(json_file: str) -> COCO:
@@ -27,6 +35,10 @@ def load_coco_api(json_file: str) -> COCO:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return COCO(json_file)
+    except KeyError as exc:  # pycocotools indexes ann["image_id"], img["id"], ...
+        raise ValueError(
+            f"cannot read COCO annotation file {json_file}: an entry lacks the key {exc}"
+        ) from exc
     except Exception as exc:  # json errors, missing top-level keys, ...
         raise ValueError(f"cannot read COCO annotation file {json_file}: {exc!r}") from exc
 
@@ -38,6 +50,123 @@ def contiguous_id_map(category_ids: Sequence[int]) -> dict[int, int]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _well_formed_box(bbox: Any) -> bool:
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))
+
+
+def _member(value: Any, known: Any) -> bool:
+    """``value in known``, False for unhashable values (a list given as an id)."""
+    try:
+        return value in known
+    except TypeError:
+        return False
+
+
+def _annotation_problem(ann: Any, image_ids: Any, category_ids: Any) -> str | None:
+    """Why ``ann`` cannot be used (None if it can): unknown image or category, malformed box."""
+    if not isinstance(ann, dict):
+        return f"is a {type(ann).__name__}, not an object"
+    where = f"annotation id {ann.get('id')!r} (image_id {ann.get('image_id')!r})"
+    if not _member(ann.get("image_id"), image_ids):
+        return f"{where}: image_id {ann.get('image_id')!r} is not the id of any image in the file"
+    if not _member(ann.get("category_id"), category_ids):
+        return (
+            f"{where}: category_id {ann.get('category_id')!r} is not among the file's "
+            f"categories {sorted(category_ids)}"
+        )
+    if not _well_formed_box(ann.get("bbox")):
+        return f"{where}: bbox {ann.get('bbox')!r} is not 4 finite numbers [x, y, width, height]"
+    return None
+
+
+def _image_problem(img: Any) -> str | None:
+    """Why an entry of the json's ``images`` cannot be used (None if it can)."""
+    if not isinstance(img, dict):
+        return f"an images entry is a {type(img).__name__}, not an object"
+    where = f"image id {img.get('id')!r}"
+    if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
+        return f"{where}: file_name {img.get('file_name')!r} is not a file name"
+    for key in ("height", "width"):
+        value = img.get(key)
+        if not (_is_number(value) and float(value) == int(value) and value > 0):
+            return f"{where} ({img['file_name']}): {key} {value!r} is not a positive integer"
+    return None
+
+
+def find_annotation_problems(coco: COCO) -> tuple[list[str], set[int], set[int]]:
+    """Problems of a loaded COCO json: ``(messages, positions of bad annotations, ids of bad
+    images)`` (positions index ``coco.dataset["annotations"]``).
+
+    Reported: images without a usable ``file_name``, ``height`` or ``width``; annotations whose
+    ``image_id`` names no image, whose ``category_id`` names no category, or whose ``bbox`` is not
+    four finite numbers (strings, wrong length, NaN). Annotations of bad images count as bad.
+    """
+    messages: list[str] = []
+    bad_images: set[int] = set()
+    for img in coco.dataset.get("images", []):
+        problem = _image_problem(img)
+        if problem:
+            messages.append(problem)
+            if isinstance(img, dict):
+                bad_images.add(img.get("id"))
+    category_ids = set(coco.getCatIds())
+    image_ids = {i for i in coco.imgs if i not in bad_images}
+    bad_annotations: set[int] = set()
+    for position, ann in enumerate(coco.dataset.get("annotations", [])):
+        if isinstance(ann, dict) and _member(ann.get("image_id"), bad_images):
+            bad_annotations.add(position)
+            continue
+        problem = _annotation_problem(ann, image_ids, category_ids)
+        if problem:
+            messages.append(problem)
+            bad_annotations.add(position)
+    return messages, bad_annotations, bad_images
+
+
+def remove_bad_annotations(coco: COCO) -> int:
+    """Drop the entries :func:`find_annotation_problems` reports from ``coco`` (re-indexed), so
+    pycocotools never evaluates against them. Returns how many entries were removed."""
+    _, bad_annotations, bad_images = find_annotation_problems(coco)
+    if not (bad_annotations or bad_images):
+        return 0
+    dataset = coco.dataset
+    dataset["annotations"] = [
+        a for i, a in enumerate(dataset.get("annotations", [])) if i not in bad_annotations
+    ]
+    dataset["images"] = [
+        img
+        for img in dataset.get("images", [])
+        if not (isinstance(img, dict) and _member(img.get("id"), bad_images))
+    ]
+    coco.anns, coco.imgs, coco.cats = {}, {}, {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return len(bad_annotations) + len(bad_images)
+
+
+def _check_annotations(coco: COCO, json_file: str) -> tuple[set[int], set[int]]:
+    """Raise :class:`BadDataError` listing every problem of the json, or (with
+    ``DATASETS.SKIP_BAD_DATA``) log their count; returns the bad annotation positions and images.
+    """
+    messages, bad_annotations, bad_images = find_annotation_problems(coco)
+    if not messages:
+        return bad_annotations, bad_images
+    if skip_bad_data_enabled():
+        logger.warning(
+            "%s: skipped %d annotations and %d images with problems (DATASETS.SKIP_BAD_DATA):\n%s",
+            json_file,
+            len(bad_annotations),
+            len(bad_images),
+            format_problems(messages, limit=10),
+        )
+        return bad_annotations, bad_images
+    raise BadDataError(
+        f"{json_file}: {len(messages)} problems in the annotations:\n{format_problems(messages)}\n"
+        "Fix the file, or set DATASETS.SKIP_BAD_DATA True to leave these entries out (their "
+        "count is logged)."
+    )
 
 
 def _clean_box(ann: dict, height: int, width: int, counts: dict[str, int]) -> list[float] | None:
@@ -65,16 +194,32 @@ def _clean_box(ann: dict, height: int, width: int, counts: dict[str, int]) -> li
 def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = None) -> list[dict]:
     """Read a COCO instances json into dataset dicts (see :mod:`cvpods.data.catalog`).
 
-    Category ids become contiguous ids ``0..K-1`` (in the order of the dataset's ids). Annotations
-    whose box is malformed or has zero width/height/area are dropped; boxes reaching outside the
+    Category ids become contiguous ids ``0..K-1`` (in the order of the dataset's ids).
+    Annotations whose ``image_id`` or ``category_id`` names nothing in the file, or whose box is
+    malformed (not 4 finite numbers: strings, wrong length, NaN), and images without a usable
+    ``file_name`` / ``height`` / ``width``, raise one :class:`BadDataError` listing them all with
+    their ids (inside :func:`~cvpods.data.validation.skipping_bad_data` they are dropped and
+    counted instead). Boxes with zero width/height/area are dropped; boxes reaching outside the
     image are clipped to it, or dropped if nothing is left; each of these is counted and logged.
     Crowd annotations are kept with ``"iscrowd": 1`` (the mapper does not use them as targets).
-    Images without annotations are kept (training filters them, evaluation needs them).
+    Images without annotations are kept (training filters them, evaluation needs them). Image
+    files are checked by :func:`cvpods.data.validation.check_image_files` when the data loaders
+    are built.
 
     If ``dataset_name`` is given, its metadata gets ``thing_classes`` and
     ``thing_dataset_id_to_contiguous_id``.
     """
     coco = load_coco_api(json_file)
+    bad_annotations, bad_images = _check_annotations(coco, json_file)
+    all_annotations = coco.dataset.get("annotations", [])
+    malformed = sum(
+        1
+        for i in bad_annotations
+        if isinstance(all_annotations[i], dict)
+        and not _well_formed_box(all_annotations[i].get("bbox"))
+    )
+    if bad_annotations or bad_images:
+        remove_bad_annotations(coco)
     cat_ids = sorted(coco.getCatIds())
     id_map = contiguous_id_map(cat_ids)
     if dataset_name is not None:
@@ -83,7 +228,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
             thing_dataset_id_to_contiguous_id=id_map,
         )
 
-    counts = {"invalid": 0, "zero_area": 0, "outside": 0, "clipped": 0, "crowd": 0}
+    counts = {"invalid": malformed, "zero_area": 0, "outside": 0, "clipped": 0, "crowd": 0}
     dataset_dicts = []
     num_kept = 0
     for image_id in sorted(coco.imgs):
@@ -93,11 +238,6 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
         for ann in coco.imgToAnns.get(image_id, []):
             if ann.get("ignore", 0):
                 continue
-            if ann["category_id"] not in id_map:
-                raise ValueError(
-                    f"{json_file}: annotation {ann.get('id')} of image {image_id} has category_id "
-                    f"{ann['category_id']}, which is not among the file's categories {cat_ids}"
-                )
             box = _clean_box(ann, height, width, counts)
             if box is None:
                 continue

@@ -5,10 +5,15 @@
         --output out/ [--confidence-threshold 0.5] [--show-gates] [MODEL.WEIGHTS path] [KEY VALUE ...]
 
 ``--config`` is an experiment folder (config.py + net.py) or its config.py. Weights default to
-the latest checkpoint of the experiment's OUTPUT_DIR. ``--input`` takes image files, globs,
+the latest checkpoint of the experiment's OUTPUT_DIR; weights that fill less than
+MODEL.WEIGHTS_MIN_MATCHED_FRACTION of the model are refused. ``--input`` takes image files, globs,
 folders and videos (.mp4/.avi/.mov/.mkv). Dynamic heads also log the head's GFLOPs per image, and
 ``--show-gates`` writes, next to each picture, the fraction of depth cells the head computed at
 each position of each pyramid level (the spatial gates) as heat-map overlays.
+
+``--output`` is a folder, or a file name (.jpg, .png, ..., .mp4) when there is a single input.
+Every output path is planned before anything runs: writing over an input, two inputs with the
+same output name, or a file name for several inputs are errors.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from predictor import Prediction, Predictor  # noqa: E402
 
+from cvpods.checkpoint import (  # noqa: E402
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    WeightsMismatchError,
+)
+from cvpods.configs import ConfigError  # noqa: E402
 from cvpods.data import MetadataCatalog  # noqa: E402
 from cvpods.engine.launcher import (  # noqa: E402
     ExperimentError,
@@ -54,9 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--input", nargs="+", required=True, help="images, globs, folders or a video"
     )
     parser.add_argument(
-        "--output", required=True, help="output folder (or a file name for one image / a video)"
+        "--output",
+        required=True,
+        help="output folder, or a file name (.jpg/.png/... or .mp4) for a single input; never "
+        "one of the inputs",
     )
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        metavar="SCORE",
+        help="draw (and count) only detections scoring at least this, in [0, 1] (default 0.5)",
+    )
     parser.add_argument(
         "--show-gates", action="store_true", help="also write the gate maps (dynamic heads)"
     )
@@ -83,13 +103,81 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return files
 
 
-def output_path(output: str, source: Path, many: bool) -> Path:
+class OutputError(ValueError):
+    """``--output`` would overwrite an input or another output, or is a file for many inputs."""
+
+
+def output_is_file(output: str) -> bool:
+    """Whether ``--output`` names a file (an image / video suffix, not an existing folder)."""
     out = Path(output)
-    if many or out.is_dir() or not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
-        return out / source.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    suffix = out.suffix.lower()
+    return not out.is_dir() and suffix in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def gates_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_gates{out.suffix}")
+
+
+def plan_outputs(inputs: list[Path], output: str, show_gates: bool) -> dict[Path, list[Path]]:
+    """``{input: [its output files]}``, checked before anything is written.
+
+    Raises:
+        OutputError: several inputs but ``--output`` names a file; a video written to an image
+            file name (or an image to a video name); an output path that is one of the inputs;
+            two outputs with the same path.
+    """
+    many = len(inputs) > 1
+    if many and output_is_file(output):
+        raise OutputError(
+            f"--output {output!r} is a file name, but {len(inputs)} inputs were given: give a "
+            "folder instead (e.g. --output out/)"
+        )
+    if not many and inputs and output_is_file(output):
+        source_is_video = is_video(inputs[0])
+        if source_is_video != (Path(output).suffix.lower() in VIDEO_SUFFIXES):
+            kind = "a video" if source_is_video else "an image"
+            raise OutputError(
+                f"--output {output!r}: the input {inputs[0]} is {kind}; give a folder or a "
+                f"file name with {'a video (.mp4)' if source_is_video else 'an image'} suffix"
+            )
+    out = Path(output)
+    single_file = not many and output_is_file(output)
+    planned: dict[Path, list[Path]] = {}
+    for source in inputs:
+        if single_file:
+            first = out
+        else:
+            name = source.with_suffix(".mp4").name if is_video(source) else source.name
+            first = out / name
+        paths = [first]
+        if show_gates and not is_video(source):
+            paths.append(gates_path(first))
+        planned[source] = paths
+    _refuse_collisions(planned)
+    return planned
+
+
+def _refuse_collisions(planned: dict[Path, list[Path]]) -> None:
+    inputs = {os.path.realpath(p): p for p in planned}
+    owner: dict[str, Path] = {}
+    for source, paths in planned.items():
+        for path in paths:
+            real = os.path.realpath(path)
+            if real in inputs:
+                raise OutputError(
+                    f"refusing to write {path}: it is the input {inputs[real]}. Choose an "
+                    "--output folder other than the inputs' folder"
+                )
+            if real in owner:
+                raise OutputError(
+                    f"the inputs {owner[real]} and {source} would both be written to {path} "
+                    "(same file name): run them separately or rename one"
+                )
+            owner[real] = source
 
 
 def gate_panel(image: np.ndarray, gate_maps: list[np.ndarray]) -> np.ndarray:
@@ -122,13 +210,13 @@ def write_image(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def run_video(predictor: Predictor, source: Path, output: str, class_names, args) -> None:
+def run_video(predictor: Predictor, source: Path, out_path: Path, class_names, args) -> None:
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
         raise OSError(f"cannot open video {source}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    out_path = output_path(output, source.with_suffix(".mp4"), many=False)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     tmp = out_path.with_name(f".{out_path.stem}.tmp.mp4")
     for _ in tqdm.tqdm(range(frames) if frames else iter(int, 1), desc=source.name, unit="frame"):
@@ -156,22 +244,31 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.config[: -len("config.py")] if args.config.endswith("config.py") else args.config
     folder = os.path.abspath(folder or ".")
     try:
+        inputs = expand_inputs(args.input)
+        planned = plan_outputs(inputs, args.output, args.show_gates)
         cfg, build_model = load_experiment(folder)
         cfg = prepare_config(cfg, folder, args.opts)
         weights = find_weights_to_test(cfg, folder, args.opts)
-    except ExperimentError as error:
-        sys.exit(f"demo: {error}")
-    cfg.MODEL.WEIGHTS = weights
+        cfg.MODEL.WEIGHTS = weights
+        predictor = Predictor(cfg, build_model, record_gates=args.show_gates)
+    except (
+        ExperimentError,
+        ConfigError,
+        OutputError,
+        FileNotFoundError,
+        WeightsMismatchError,
+        NotACheckpointError,
+        UnsafeCheckpointError,
+    ) as error:
+        sys.exit(f"demo: error: {error}")
     dataset = (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN or [None])[0]
     class_names = MetadataCatalog.get(dataset).get("thing_classes") if dataset else None
-    predictor = Predictor(cfg, build_model, record_gates=args.show_gates)
     logger.info("model %s with weights %s", os.path.basename(folder), weights)
 
-    inputs = expand_inputs(args.input)
-    videos = [p for p in inputs if p.suffix.lower() in VIDEO_SUFFIXES]
-    images = [p for p in inputs if p.suffix.lower() not in VIDEO_SUFFIXES]
+    videos = [p for p in inputs if is_video(p)]
+    images = [p for p in inputs if not is_video(p)]
     for video in videos:
-        run_video(predictor, video, args.output, class_names, args)
+        run_video(predictor, video, planned[video][0], class_names, args)
     progress = tqdm.tqdm(images, unit="image", disable=len(images) < 2)
     for path in progress:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -179,20 +276,24 @@ def main(argv: list[str] | None = None) -> int:
             raise OSError(f"cannot read image {path}")
         prediction = predictor(image)
         log_prediction(path.name, prediction, args.confidence_threshold)
-        out = output_path(args.output, path, many=len(images) > 1)
+        out = planned[path][0]
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_image(out, render(image, prediction, class_names, args.confidence_threshold))
         if args.show_gates:
             if prediction.gate_maps:
-                write_image(
-                    out.with_name(f"{out.stem}_gates{out.suffix}"),
-                    gate_panel(image, prediction.gate_maps),
-                )
+                write_image(gates_path(out), gate_panel(image, prediction.gate_maps))
             else:
                 logger.warning(
                     "--show-gates: %s has no dynamic head; no gate maps written",
                     os.path.basename(folder),
                 )
-    logger.info("wrote %d image(s) to %s", len(images), args.output)
+    logger.info(
+        "wrote %d result(s) to %s (%d image(s), %d video(s))",
+        len(images) + len(videos),
+        args.output,
+        len(images),
+        len(videos),
+    )
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cvpods.checkpoint import DetectionCheckpointer
+from cvpods.checkpoint import DEFAULT_MIN_MATCHED_FRACTION, DetectionCheckpointer
 from cvpods.data.transforms import apply_augmentations, build_augmentations
 from cvpods.layers import DynamicDepthCell
 from cvpods.structures import Instances
@@ -58,13 +58,18 @@ class DepthGateRecorder:
 
 
 class Predictor:
-    """``predictor(image_bgr) -> Prediction`` for an experiment's config and ``build_model``."""
+    """``predictor(image_bgr) -> Prediction`` for an experiment's config and ``build_model``.
+
+    Raises :class:`~cvpods.checkpoint.WeightsMismatchError` when MODEL.WEIGHTS fills less than
+    MODEL.WEIGHTS_MIN_MATCHED_FRACTION of the model's tensors (another architecture's weights).
+    """
 
     def __init__(self, cfg, build_model, record_gates: bool = False) -> None:
         self.cfg = cfg
         self.model = build_model(cfg)
         self.model.eval()
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        min_fraction = cfg.MODEL.get("WEIGHTS_MIN_MATCHED_FRACTION", DEFAULT_MIN_MATCHED_FRACTION)
+        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, min_matched_fraction=min_fraction)
         self.augmentations = build_augmentations(cfg.INPUT.AUG.TEST_PIPELINES)
         self.input_format = cfg.INPUT.FORMAT
         self.gates = DepthGateRecorder(self.model) if record_gates else None

@@ -14,8 +14,25 @@ relative to the experiment folder):
   logged iteration), TensorBoard event files;
 * ``model_NNNNNNN.pth``, ``model_final.pth`` and ``last_checkpoint``;
 * ``inference/<dataset>/results.json``: the final metrics of each DATASETS.TEST dataset, e.g.
-  ``{"bbox": {"AP": 52.3, "AP50": ...}, "head_complexity": {...}}`` (AP in percent), next to
-  the evaluator's ``coco_instances_results.json``.
+  ``{"bbox": {"AP": 52.3, "AP50": ...}, "head_complexity": {...}}`` (AP in percent; strict
+  JSON: an undefined metric is ``null`` with its reason under ``"null_reasons"``), next to the
+  evaluator's ``coco_instances_results.json``.
+
+Nothing is overwritten silently:
+
+* ``OUTPUT_DIR/.lock`` (:class:`~cvpods.checkpoint.run_folder.OutputDirLock`) is held while a
+  command writes into OUTPUT_DIR: a second ``cvpods_train`` in the same folder fails at once,
+  naming the PID that holds it; the lock of a killed run is detected as stale and taken over.
+* ``cvpods_train`` refuses to start in an OUTPUT_DIR holding checkpoints of an earlier run unless
+  given ``--resume`` (continue it) or ``--start-over`` (move it to ``OUTPUT_DIR.old-<timestamp>``
+  and train from scratch). Temporary files of interrupted writes are removed at start.
+* ``cvpods_test`` of the run's newest checkpoint (the default) writes
+  ``inference/<dataset>/results.json`` and ``inference/config_dump.py`` (the training's
+  ``config_dump.py`` stays). Any other weights (MODEL.WEIGHTS, older checkpoints of the run) are
+  evaluated into ``OUTPUT_DIR/eval/<weights file name>/`` (its own ``log.txt``,
+  ``config_dump.py``, ``inference/``; ``weights.txt`` names the weights).
+* Weights that fill less than MODEL.WEIGHTS_MIN_MATCHED_FRACTION (default 0.5) of the model's
+  tensors stop the evaluation with a table of what matched, instead of reporting AP 0.
 """
 
 from __future__ import annotations
@@ -26,21 +43,48 @@ import importlib.util
 import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from torch import nn
 
+from cvpods.checkpoint.file_io import (
+    DiskFullError,
+    NotACheckpointError,
+    atomic_write_text,
+    check_checkpoint_file,
+    remove_temporary_files,
+)
+from cvpods.checkpoint.model_loading import DEFAULT_MIN_MATCHED_FRACTION, WeightsMismatchError
+from cvpods.checkpoint.run_folder import (
+    LOCK_FILE,
+    OutputDirLock,
+    OutputDirLockedError,
+    previous_run,
+)
+from cvpods.checkpoint.safe_pickle import UnsafeCheckpointError
 from cvpods.configs import BaseConfig, ConfigError
+from cvpods.data.validation import BadDataError
 from cvpods.utils import comm
 
-from .defaults import DefaultTrainer, default_argument_parser, default_setup, results_file
+from .defaults import (
+    CONFIG_DUMP_FILE,
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    results_file,
+)
 from .launch import launch
 
 __all__ = [
+    "EvaluationTarget",
     "ExperimentError",
+    "evaluation_target",
     "find_weights_to_test",
+    "prepare_training_folder",
     "load_experiment",
     "load_experiment_with_trainer",
     "prepare_config",
@@ -181,6 +225,128 @@ def find_weights_to_test(cfg: BaseConfig, folder: str, overrides: Sequence[str])
 
 
 # ---------------------------------------------------------------------------------------------
+# Where results go; guarding OUTPUT_DIR
+# ---------------------------------------------------------------------------------------------
+
+#: The folder (inside OUTPUT_DIR) of evaluations of weights other than the run's newest checkpoint.
+EVAL_FOLDER = "eval"
+#: The file (in an evaluation folder) naming the weights evaluated there.
+WEIGHTS_RECORD = "weights.txt"
+
+
+@dataclass
+class EvaluationTarget:
+    """Where an evaluation writes: its OUTPUT_DIR and config dump (relative to it)."""
+
+    output_dir: str
+    config_dump: str
+    own_checkpoint: bool
+    note: str = ""
+
+
+def _same_path(a: str, b: str) -> bool:
+    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def _weights_stem(weights: str) -> str:
+    path = urllib.parse.urlparse(weights).path if "://" in weights else weights
+    stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in stem) or "weights"
+
+
+def _read_record(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def evaluation_target(cfg: BaseConfig, weights: str) -> EvaluationTarget:
+    """Where evaluating ``weights`` writes, so that it never overwrites the training record.
+
+    The run's newest checkpoint (named by OUTPUT_DIR/last_checkpoint) is evaluated into
+    OUTPUT_DIR itself (``inference/<dataset>/results.json``, config in
+    ``inference/config_dump.py``), unless a training run holds OUTPUT_DIR right now. Any other
+    weights go to ``OUTPUT_DIR/eval/<weights file name>/`` (``-<hash>`` appended when that folder
+    belongs to another file of the same name; ``weights.txt`` there records which).
+    """
+    from cvpods.checkpoint import DetectionCheckpointer
+
+    output_dir = cfg.OUTPUT_DIR
+    checkpointer = DetectionCheckpointer(nn.Module(), output_dir, save_to_disk=False)
+    newest = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
+    note = ""
+    if "://" not in weights and _same_path(weights, newest):
+        owner = OutputDirLock.holder(output_dir)
+        if owner is None:
+            return EvaluationTarget(
+                output_dir, os.path.join("inference", CONFIG_DUMP_FILE), own_checkpoint=True
+            )
+        note = (
+            f"{output_dir} is in use by PID {owner.get('pid')} on {owner.get('host')}, so this "
+            "evaluation goes to its own folder"
+        )
+    stem = _weights_stem(weights)
+    target = os.path.join(output_dir, EVAL_FOLDER, stem)
+    recorded = _read_record(os.path.join(target, WEIGHTS_RECORD))
+    if recorded and recorded != _weights_identity(weights):
+        digest = hashlib.sha1(_weights_identity(weights).encode()).hexdigest()[:8]
+        target = f"{target}-{digest}"
+    return EvaluationTarget(target, CONFIG_DUMP_FILE, own_checkpoint=False, note=note)
+
+
+def _weights_identity(weights: str) -> str:
+    return weights if "://" in weights else os.path.realpath(weights)
+
+
+def _move_aside_message(previous: str, target: str) -> str:
+    return f"--start-over: moved the previous contents of {previous} to {target}"
+
+
+def prepare_training_folder(
+    cfg: BaseConfig, args: argparse.Namespace, lock: OutputDirLock
+) -> list[str]:
+    """Make OUTPUT_DIR ready for ``cvpods_train`` (call it holding ``lock``, OUTPUT_DIR's lock).
+
+    ``--start-over`` moves a non-empty OUTPUT_DIR to ``OUTPUT_DIR.old-<timestamp>`` (and locks
+    the new, empty one). Otherwise temporary files of interrupted writes are removed and a
+    folder holding checkpoints of an earlier run is refused without ``--resume``.
+
+    Returns:
+        what was done, as messages for the run's log.
+
+    Raises:
+        ExperimentError: OUTPUT_DIR holds a run and neither --resume nor --start-over was given.
+    """
+    output_dir = cfg.OUTPUT_DIR
+    notes = [lock.stale_message()] if lock.stale_record else []
+    if getattr(args, "start_over", False):
+        if any(name != LOCK_FILE for name in os.listdir(output_dir)):
+            target = lock.move_folder_aside()
+            lock.acquire()
+            notes.append(_move_aside_message(output_dir, target))
+        return notes
+    folders = [output_dir]
+    inference = os.path.join(output_dir, "inference")
+    if os.path.isdir(inference):
+        folders += [inference]
+        folders += [os.path.join(inference, name) for name in sorted(os.listdir(inference))]
+    for folder in folders:
+        for path in remove_temporary_files(folder):
+            notes.append(f"Removed {path}, left by an interrupted write")
+    previous = previous_run(output_dir)
+    if previous is None or args.resume or args.eval_only:
+        return notes
+    again = " (a finished run is only evaluated again)" if previous.finished else ""
+    raise ExperimentError(
+        f"{output_dir} already holds {previous.describe()}; training from scratch would "
+        f"overwrite it. Use --resume to continue it{again}, or --start-over to move it aside to "
+        f"{output_dir}.old-<timestamp> and train from scratch (or set another OUTPUT_DIR)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # What each process runs
 # ---------------------------------------------------------------------------------------------
 
@@ -224,8 +390,9 @@ def _evaluate(
 
     model = build_model(cfg)
     model.to(cfg.MODEL.DEVICE)
+    min_fraction = cfg.MODEL.get("WEIGHTS_MIN_MATCHED_FRACTION", DEFAULT_MIN_MATCHED_FRACTION)
     DetectionCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=False, cfg=cfg).load(
-        weights, checkpointables=[]
+        weights, checkpointables=[], min_matched_fraction=min_fraction
     )
     results = trainer_class.test(cfg, model)
     _summarise(cfg, results, weights)
@@ -243,13 +410,38 @@ def _eval_only_weights(cfg: BaseConfig, folder: str, args: argparse.Namespace) -
     return cfg.MODEL.WEIGHTS
 
 
-def _train_worker(folder: str, args: argparse.Namespace) -> dict[str, Any] | None:
+def _log_notes(notes: Sequence[str]) -> None:
+    """Log (rank 0) what the launcher did before the processes started."""
+    if comm.is_main_process():
+        for note in notes:
+            logger.warning("%s", note)
+
+
+def _evaluation_setup(
+    cfg: BaseConfig, args: argparse.Namespace, weights: str, target: EvaluationTarget
+) -> None:
+    """Point ``cfg`` at the evaluation's folder and weights, then :func:`default_setup`."""
+    cfg.OUTPUT_DIR = target.output_dir
+    cfg.MODEL.WEIGHTS = weights
+    default_setup(cfg, args, config_dump=target.config_dump)
+    _log_notes([target.note] if target.note else [])
+
+
+def _train_worker(
+    folder: str,
+    args: argparse.Namespace,
+    weights: str | None = None,
+    target: EvaluationTarget | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any] | None:
     cfg, build_model, trainer_class = load_experiment_with_trainer(folder)
     prepare_config(cfg, folder, args.opts)
-    default_setup(cfg, args)
     if args.eval_only:
-        weights = _eval_only_weights(cfg, folder, args)
+        weights = weights or _eval_only_weights(cfg, folder, args)
+        _evaluation_setup(cfg, args, weights, target or evaluation_target(cfg, weights))
         return _evaluate(cfg, build_model, trainer_class, weights)
+    default_setup(cfg, args)
+    _log_notes(notes)
     trainer = trainer_class(cfg, build_model)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
@@ -257,10 +449,15 @@ def _train_worker(folder: str, args: argparse.Namespace) -> dict[str, Any] | Non
     return results
 
 
-def _test_worker(folder: str, args: argparse.Namespace, weights: str) -> dict[str, Any]:
+def _test_worker(
+    folder: str,
+    args: argparse.Namespace,
+    weights: str,
+    target: EvaluationTarget | None = None,
+) -> dict[str, Any]:
     cfg, build_model, trainer_class = load_experiment_with_trainer(folder)
     prepare_config(cfg, folder, args.opts)
-    default_setup(cfg, args)
+    _evaluation_setup(cfg, args, weights, target or evaluation_target(cfg, weights))
     return _evaluate(cfg, build_model, trainer_class, weights)
 
 
@@ -269,8 +466,10 @@ def _test_worker(folder: str, args: argparse.Namespace, weights: str) -> dict[st
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse(argv: Sequence[str] | None, prog: str, description: str) -> argparse.Namespace:
-    parser = default_argument_parser(description)
+def _parse(
+    argv: Sequence[str] | None, prog: str, description: str, training: bool = True
+) -> argparse.Namespace:
+    parser = default_argument_parser(description, training=training)
     parser.prog = prog
     args = parser.parse_intermixed_args(argv)
     if len(args.opts) % 2:
@@ -278,48 +477,113 @@ def _parse(argv: Sequence[str] | None, prog: str, description: str) -> argparse.
     return args
 
 
-def _fail(prog: str, error: Exception) -> SystemExit:
+#: Errors whose message says everything: printed as one "<prog>: error: ..." line, no traceback.
+_USER_ERRORS = (
+    ExperimentError,
+    ConfigError,
+    OutputDirLockedError,
+    BadDataError,
+    WeightsMismatchError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    DiskFullError,
+    FileNotFoundError,
+)
+
+
+def _fail(prog: str, error: Exception, code: int = 2) -> SystemExit:
     print(f"{prog}: error: {error}", file=sys.stderr)
-    return SystemExit(2)
+    return SystemExit(code)
+
+
+def _check_weights(weights: str) -> None:
+    """Refuse a local weights file that is no checkpoint at all, before starting processes."""
+    if "://" not in weights:
+        check_checkpoint_file(weights)
+
+
+def _lock(prog: str, folder: str, args: argparse.Namespace) -> OutputDirLock | None:
+    """Take ``folder``'s lock (machine 0 only: the other machines write no files there)."""
+    if args.machine_rank != 0:
+        return None
+    lock = OutputDirLock(folder, command=" ".join([prog, *sys.argv[1:]]))
+    try:
+        return lock.acquire()
+    except OutputDirLockedError as error:
+        raise _fail(prog, error) from None
+
+
+def _launch(prog: str, worker: Callable, args: argparse.Namespace, worker_args: tuple) -> None:
+    try:
+        launch(
+            worker,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=worker_args,
+        )
+    except _USER_ERRORS as error:
+        raise _fail(prog, error, code=1) from None
+
+
+def _record_weights(target: EvaluationTarget, weights: str) -> None:
+    if not target.own_checkpoint:
+        atomic_write_text(
+            _weights_identity(weights) + "\n", os.path.join(target.output_dir, WEIGHTS_RECORD)
+        )
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:
     """``cvpods_train``: train the experiment of the current folder, then evaluate it."""
-    args = _parse(argv, "cvpods_train", "Train (then evaluate) the experiment in this folder.")
+    prog = "cvpods_train"
+    args = _parse(argv, prog, "Train (then evaluate) the experiment in this folder.")
     folder = os.getcwd()
+    weights, target = None, None
     try:
         # Fail fast, before spawning processes, on a broken folder or bad overrides.
         cfg, _ = load_experiment(folder)
         prepare_config(cfg, folder, args.opts)
         if args.eval_only:
-            _eval_only_weights(cfg, folder, args)
-    except (ExperimentError, ConfigError) as error:
-        raise _fail("cvpods_train", error) from None
-    launch(
-        _train_worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(folder, args),
-    )
+            weights = _eval_only_weights(cfg, folder, args)
+            _check_weights(weights)
+            target = evaluation_target(cfg, weights)
+    except _USER_ERRORS as error:
+        raise _fail(prog, error) from None
+    lock = _lock(prog, target.output_dir if target else cfg.OUTPUT_DIR, args)
+    notes: list[str] = []
+    try:
+        if lock is not None and target is None:
+            try:
+                notes = prepare_training_folder(cfg, args, lock)
+            except ExperimentError as error:
+                raise _fail(prog, error) from None
+        if target is not None and lock is not None:
+            _record_weights(target, weights)
+        _launch(prog, _train_worker, args, (folder, args, weights, target, notes))
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def test_main(argv: Sequence[str] | None = None) -> None:
     """``cvpods_test``: evaluate the newest checkpoint of this folder (or MODEL.WEIGHTS)."""
-    args = _parse(argv, "cvpods_test", "Evaluate the experiment in this folder.")
+    prog = "cvpods_test"
+    args = _parse(argv, prog, "Evaluate the experiment in this folder.", training=False)
     folder = os.getcwd()
     try:
         cfg, _ = load_experiment(folder)
         prepare_config(cfg, folder, args.opts)
         weights = find_weights_to_test(cfg, folder, args.opts)
-    except (ExperimentError, ConfigError) as error:
-        raise _fail("cvpods_test", error) from None
-    launch(
-        _test_worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(folder, args, weights),
-    )
+        _check_weights(weights)
+        target = evaluation_target(cfg, weights)
+    except _USER_ERRORS as error:
+        raise _fail(prog, error) from None
+    lock = _lock(prog, target.output_dir, args)
+    try:
+        if lock is not None:
+            _record_weights(target, weights)
+        _launch(prog, _test_worker, args, (folder, args, weights, target))
+    finally:
+        if lock is not None:
+            lock.release()

@@ -59,7 +59,7 @@ from cvpods.configs import FCOSConfig
 class TinyConfig(FCOSConfig):
     def __init__(self):
         super().__init__()
-        size = dict(short_edge_length=(64,), max_size=96, sample_style="choice")
+        size = dict(short_edge_length=(128,), max_size=192, sample_style="choice")
         self._register_configuration(
             dict(
                 MODEL=dict(
@@ -108,7 +108,7 @@ def write_tiny_fcos_experiment(
     test: str = "shapes_val",
     register: str = "",
 ) -> Path:
-    """A tiny FCOS experiment (ResNet-18-GN, 32 channels, 64 px inputs) in ``folder``.
+    """A tiny FCOS experiment (ResNet-18-GN, 32 channels, 128 px inputs) in ``folder``.
 
     ``register`` is Python code run in config.py before the config is made (dataset
     registration).

@@ -150,6 +150,7 @@ def test_checks_are_parallel_and_cached_by_size_and_mtime(
         return real(path)
 
     monkeypatch.setattr(validation_module, "read_image_size", counting)
+    monkeypatch.setattr(validation_module, "MIN_FILES_TO_CACHE", 1)
     check_image_files(dicts, "cached")
     assert sorted(reads) == sorted(d["file_name"] for d in dicts)
     assert all(name.startswith("image-check") for name in threads)  # the thread pool

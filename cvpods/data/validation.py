@@ -4,10 +4,11 @@
 decodes to the size its annotations give (PIL reads only the header; EXIF rotation is taken into
 account as OpenCV applies it when the loader reads the image). It runs in a thread pool and
 remembers the sizes of good files in a cache keyed by path, file size and mtime, so a second load
-only ``stat``s the files. The cache lives in ``$CVPODS_CACHE/image_checks/`` (default
-``~/.cache/cvpods``), never in the dataset folder (which may be read-only or shared), and is
-written atomically (a temporary file and a rename), so concurrent runs cannot corrupt it. In a
-multi-process run only rank 0 checks; the others receive its verdict.
+only ``stat``s the files (datasets of at least :data:`MIN_FILES_TO_CACHE` images). The cache
+lives in ``$CVPODS_CACHE/image_checks/`` (default ``~/.cache/cvpods``), never in the dataset
+folder (which may be read-only or shared), and is written atomically (a temporary file and a
+rename), so concurrent runs cannot corrupt it. In a multi-process run only rank 0 checks; the
+others receive its verdict.
 
 All bad files are reported at once in one :class:`BadDataError`. With the switch
 ``DATASETS.SKIP_BAD_DATA`` (``skip_bad=True``) they are left out instead and counted in the log;
@@ -52,6 +53,9 @@ logger = logging.getLogger(__name__)
 MAX_LISTED_PROBLEMS = 50
 _CACHE_VERSION = 1
 _CACHE_MAX_AGE_DAYS = 60
+#: Datasets with fewer image files are checked without a cache (reading a few hundred headers
+#: takes a fraction of a second; small throw-away datasets then leave no cache files behind).
+MIN_FILES_TO_CACHE = 500
 # EXIF orientations that swap width and height (OpenCV applies the rotation when decoding).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
@@ -212,8 +216,9 @@ def _find_problems(dataset_dicts: Sequence[dict], max_workers: int | None) -> li
     file_names = sorted({os.fspath(d["file_name"]) for d in dataset_dicts})
     if not file_names:
         return []
+    use_cache = len(file_names) >= MIN_FILES_TO_CACHE
     cache_path = _cache_path(file_names)
-    cache = _load_cache(cache_path)
+    cache = _load_cache(cache_path) if use_cache else {}
     workers = max_workers or min(32, 4 * (os.cpu_count() or 1))
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="image-check") as pool:
@@ -222,13 +227,13 @@ def _find_problems(dataset_dicts: Sequence[dict], max_workers: int | None) -> li
     problems_by_file = {f: problem for f, (_, problem) in zip(file_names, outcomes) if problem}
     fresh = sum(1 for f in entries if cache.get(f) != entries[f])
     logger.info(
-        "Checked %d image files in %.1f s (%d headers read, the rest cached in %s)",
+        "Checked %d image files in %.1f s (%d headers read%s)",
         len(file_names),
         time.perf_counter() - start,
         fresh,
-        cache_path,
+        f", the others known from {cache_path}" if use_cache else "",
     )
-    if fresh or len(entries) != len(cache):
+    if use_cache and (fresh or len(entries) != len(cache)):
         merged = {f: e for f, e in cache.items() if f not in problems_by_file}
         merged.update(entries)
         _save_cache(cache_path, merged)
@@ -300,6 +305,10 @@ def check_image_files(
             format_problems(lines, limit=10),
         )
         return kept
+    if len(lines) > MAX_LISTED_PROBLEMS:
+        logger.debug(
+            "All %d unusable images of %r:\n%s", len(lines), dataset_name, "\n".join(lines)
+        )
     raise BadDataError(
         f"dataset {dataset_name!r}: {len(problems)} of {len(dataset_dicts)} images cannot be "
         f"used:\n{format_problems(lines)}\nFix or remove them, or set DATASETS.SKIP_BAD_DATA True "

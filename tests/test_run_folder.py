@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,41 @@ def test_temporary_files_of_interrupted_writes_are_removed_at_start(experiment: 
     assert kept.read_text() == "mine"
     log = (out / "log.txt").read_text()
     assert f"Removed {leftovers[0]}, left by an interrupted write" in log
+
+
+@pytest.mark.slow
+def test_two_cvpods_train_at_once_in_one_folder(experiment: Path) -> None:
+    """The issue's case with two real processes: the second stops at once, the first finishes."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-c", "from cvpods.engine.launcher import train_main; train_main()"]
+    slow = ["SOLVER.MAX_ITER", "16", "MODEL.FAKE.SLEEP", "0.75"]
+    first = subprocess.Popen(
+        command + slow, cwd=experiment, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        lock = experiment / "log" / LOCK_FILE
+        for _ in range(600):
+            if lock.exists() and lock.read_text().strip():
+                break
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.05)
+        second = subprocess.run(
+            command + slow, cwd=experiment, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert first.poll() is None, "the first run ended too early for this test"
+        assert second.returncode == 2
+        assert f"is in use by PID {first.pid} on {socket.gethostname()}" in second.stderr
+        assert first.wait(timeout=300) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    out = experiment / "log"
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "model_0000003.pth",
+        "model_0000007.pth",
+        "model_0000011.pth",
+        "model_0000015.pth",
+        "model_final.pth",
+    ]
+    assert (out / "log.txt").read_text().count("Starting training from iteration 0") == 1

@@ -3,5 +3,13 @@
 from .base_config import BaseConfig, ConfigDict, ConfigError
 from .base_detection_config import BaseDetectionConfig
 from .fcos_config import FCOSConfig
+from .rcnn_fpn_config import RCNNFPNConfig
 
-__all__ = ["BaseConfig", "BaseDetectionConfig", "ConfigDict", "ConfigError", "FCOSConfig"]
+__all__ = [
+    "BaseConfig",
+    "BaseDetectionConfig",
+    "ConfigDict",
+    "ConfigError",
+    "FCOSConfig",
+    "RCNNFPNConfig",
+]

@@ -108,3 +108,57 @@ SHAPES_R18_GN_FROM_SCRATCH = dict(
     SEED=0,
     OUTPUT_DIR="./log",
 )
+
+#: Faster R-CNN R50-FPN on COCO 2017, 1x, multi-scale training: the upstream cvpods playground
+#: experiment ``faster_rcnn.res50.fpn.coco.multiscale.1x`` (published COCO val AP 38.06), on top
+#: of :class:`~cvpods.configs.RCNNFPNConfig`. BASE_LR 0.02 for 16 images (8 GPUs x 2).
+COCO_FASTER_RCNN_R50_FPN_MULTISCALE_1X = dict(
+    MODEL=dict(
+        WEIGHTS="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+        MASK_ON=False,
+        RESNETS=dict(DEPTH=50),
+        ROI_HEADS=dict(NUM_CLASSES=80),
+    ),
+    DATASETS=dict(TRAIN=("coco_2017_train",), TEST=("coco_2017_val",)),
+    SOLVER=dict(
+        IMS_PER_BATCH=16,
+        IMS_PER_DEVICE=2,
+        BASE_LR=0.02,
+        STEPS=(60000, 80000),
+        MAX_ITER=90000,
+    ),
+    INPUT=dict(
+        AUG=dict(
+            TRAIN_PIPELINES=[
+                (
+                    "ResizeShortestEdge",
+                    dict(
+                        short_edge_length=(640, 672, 704, 736, 768, 800),
+                        max_size=1333,
+                        sample_style="choice",
+                    ),
+                ),
+                ("RandomFlip", dict()),
+            ],
+            TEST_PIPELINES=[
+                (
+                    "ResizeShortestEdge",
+                    dict(short_edge_length=800, max_size=1333, sample_style="choice"),
+                ),
+            ],
+        )
+    ),
+    OUTPUT_DIR="./log",
+)
+
+#: The spatial gates of the dynamic RPN head (those of the release's dynamic FCOS heads).
+RPN_RELEASE_GATES = dict(
+    MODEL=dict(
+        RPN=dict(
+            NUM_GROUPS=1,
+            GATE_ACTIVATION="GeReTanH",
+            GATE_ACTIVATION_KARGS=dict(tau=1.5),
+            RESIZE_METHOD="bilinear",
+        )
+    )
+)

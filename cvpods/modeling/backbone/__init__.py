@@ -1,7 +1,13 @@
 """Backbones: ResNet and FPN."""
 
 from .backbone import Backbone
-from .fpn import FPN, LastLevelP6P7, build_retinanet_resnet_fpn_backbone
+from .fpn import (
+    FPN,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+    build_resnet_fpn_backbone,
+    build_retinanet_resnet_fpn_backbone,
+)
 from .resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet, build_resnet_backbone
 
 __all__ = [
@@ -10,8 +16,10 @@ __all__ = [
     "BasicBlock",
     "BasicStem",
     "BottleneckBlock",
+    "LastLevelMaxPool",
     "LastLevelP6P7",
     "ResNet",
     "build_resnet_backbone",
+    "build_resnet_fpn_backbone",
     "build_retinanet_resnet_fpn_backbone",
 ]

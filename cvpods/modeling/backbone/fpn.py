@@ -1,4 +1,5 @@
-"""Feature Pyramid Network on a bottom-up backbone, with the RetinaNet/FCOS P6-P7 top block."""
+"""Feature Pyramid Network on a bottom-up backbone, with the RetinaNet/FCOS P6-P7 top block or the
+Faster R-CNN P6 max-pool top block."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ class LastLevelP6P7(nn.Module):
         p6 = self.p6(x)
         p7 = self.p7(F.relu(p6))
         return [p6, p7]
+
+
+class LastLevelMaxPool(nn.Module):
+    """P6 = P5 subsampled by a 1x1 max-pool of stride 2 (the Faster R-CNN FPN top block)."""
+
+    num_levels = 1
+
+    def __init__(self, in_feature: str = "p5") -> None:
+        super().__init__()
+        self.in_feature = in_feature
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x [N, C, H, W]`` -> ``[[N, C, ceil(H/2), ceil(W/2)]]``."""
+        return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
 
 
 class FPN(Backbone):
@@ -156,5 +171,19 @@ def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelP6P7(top_in_channels, out_channels, block_in),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN over MODEL.FPN.IN_FEATURES (res2..res5 for Faster R-CNN), with P6 a stride-2
+    max-pool of P5 (:class:`LastLevelMaxPool`): outputs p2..p6, no extra parameters."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=list(cfg.MODEL.FPN.IN_FEATURES),
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

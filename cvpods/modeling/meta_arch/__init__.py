@@ -3,6 +3,7 @@
 from .fcos import FCOS
 from .fcos_heads import FCOSDynamicHead, FCOSFixHead, FCOSHead, FCOSHeadOutputs
 from .head_complexity import HeadComplexityMeter
+from .rcnn import GeneralizedRCNN
 
 __all__ = [
     "FCOS",
@@ -10,5 +11,6 @@ __all__ = [
     "FCOSFixHead",
     "FCOSHead",
     "FCOSHeadOutputs",
+    "GeneralizedRCNN",
     "HeadComplexityMeter",
 ]

@@ -1,0 +1,101 @@
+"""Generalized R-CNN: backbone -> proposal generator (RPN) -> ROI heads (Faster R-CNN with FPN)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...layers import ShapeSpec
+from ...structures import ImageList, Instances
+from ..backbone import Backbone, build_resnet_fpn_backbone
+from ..postprocessing import detector_postprocess
+from ..proposal_generator import RPN, DynamicRPNHead
+from ..roi_heads import StandardROIHeads
+from .head_complexity import HeadComplexityMeter
+
+
+class GeneralizedRCNN(nn.Module):
+    """A two-stage detector with cvpods' structure and state-dict names: ``backbone.*``,
+    ``proposal_generator.*`` (:class:`~cvpods.modeling.proposal_generator.RPN`) and
+    ``roi_heads.*`` (:class:`~cvpods.modeling.roi_heads.StandardROIHeads`).
+
+    Called like every cvpods model: ``model(batched_inputs)`` with dicts holding ``image``
+    (``[3, H, W]`` in INPUT.FORMAT, 0..255), ``instances`` (``gt_boxes``, ``gt_classes``; training)
+    and optional ``height`` / ``width``. Training returns the losses of both stages; evaluation
+    returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` at ``height x width``.
+
+    With a dynamic RPN head (MODEL.RPN.HEAD_NAME "DynamicRPNHead") the evaluation records the RPN
+    head's per-image cost in ``head_complexity`` (as FCOS does for its dynamic head).
+    """
+
+    def __init__(self, cfg, backbone: Backbone | None = None) -> None:
+        super().__init__()
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        if backbone is None:
+            backbone = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        self.backbone = backbone
+        shapes = backbone.output_shape()
+        self.proposal_generator = RPN(cfg, shapes)
+        self.roi_heads = StandardROIHeads(cfg, shapes)
+        self.is_dynamic_head = isinstance(self.proposal_generator.rpn_head, DynamicRPNHead)
+        self.head_complexity = HeadComplexityMeter() if self.is_dynamic_head else None
+
+        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
+            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
+        self.register_buffer(
+            "pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False
+        )
+        self.to(self.device)
+
+    @property
+    def head(self) -> nn.Module:
+        """The gated head of this detector (the RPN head), for tools that inspect heads."""
+        return self.proposal_generator.rpn_head
+
+    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+        if not self.training:
+            return self.inference(batched_inputs)
+        if "instances" not in batched_inputs[0]:
+            raise ValueError(
+                "GeneralizedRCNN in training mode needs 'instances' (gt_boxes, gt_classes) in every input"
+            )
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        features = self.backbone(images.tensor)
+        proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        return {**detector_losses, **proposal_losses}
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list:
+        """Detections per image, rescaled to each input's ``height`` x ``width`` when
+        ``do_postprocess`` (else Instances in input-image coordinates)."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        proposals, _ = self.proposal_generator(images, features, None)
+        cost = self.proposal_generator.last_cost
+        if cost is not None and self.head_complexity is not None:
+            self.head_complexity.update(cost.used)
+        results, _ = self.roi_heads(images, features, proposals, None)
+        if not do_postprocess:
+            return results
+        processed = []
+        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = inputs.get("height", image_size[0])
+            width = inputs.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalise each image and pad the batch to the backbone's size divisibility."""
+        images = [
+            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+
+__all__ = ["GeneralizedRCNN", "Instances"]

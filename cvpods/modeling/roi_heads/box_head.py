@@ -1,0 +1,80 @@
+"""Box heads: pooled ROI features -> one feature vector per ROI."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...layers import Conv2d, ShapeSpec, get_norm
+
+
+def c2_xavier_fill(module: nn.Module) -> None:
+    """Caffe2's XavierFill: uniform with bound sqrt(3 / fan_in); zero bias."""
+    nn.init.kaiming_uniform_(module.weight, a=1)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def c2_msra_fill(module: nn.Module) -> None:
+    """Caffe2's MSRAFill: normal with std sqrt(2 / fan_out); zero bias."""
+    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class FastRCNNConvFCHead(nn.Module):
+    """``NUM_CONV`` 3x3 convs (``conv1``..) then ``NUM_FC`` fully connected layers (``fc1``..),
+    each followed by ReLU. ``2fc``: NUM_CONV 0, NUM_FC 2, FC_DIM 1024.
+
+    ``[R, C, S, S]`` pooled features -> ``[R, FC_DIM]`` (or the conv map when NUM_FC is 0).
+    """
+
+    def __init__(self, cfg, input_shape: ShapeSpec) -> None:
+        super().__init__()
+        h = cfg.MODEL.ROI_BOX_HEAD
+        num_conv, conv_dim, num_fc, fc_dim = h.NUM_CONV, h.CONV_DIM, h.NUM_FC, h.FC_DIM
+        if num_conv + num_fc <= 0:
+            raise ValueError("MODEL.ROI_BOX_HEAD needs NUM_CONV + NUM_FC > 0")
+        self._output_size = (input_shape.channels, input_shape.height, input_shape.width)
+        self.conv_norm_relus = []
+        for k in range(num_conv):
+            conv = Conv2d(
+                self._output_size[0],
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=not h.NORM,
+                norm=get_norm(h.NORM, conv_dim),
+                activation=F.relu,
+            )
+            c2_msra_fill(conv)
+            self.add_module(f"conv{k + 1}", conv)
+            self.conv_norm_relus.append(conv)
+            self._output_size = (conv_dim, self._output_size[1], self._output_size[2])
+        self.fcs = []
+        for k in range(num_fc):
+            in_features = (
+                self._output_size
+                if isinstance(self._output_size, int)
+                else self._output_size[0] * self._output_size[1] * self._output_size[2]
+            )
+            fc = nn.Linear(in_features, fc_dim)
+            c2_xavier_fill(fc)
+            self.add_module(f"fc{k + 1}", fc)
+            self.fcs.append(fc)
+            self._output_size = fc_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.conv_norm_relus:
+            x = layer(x)
+        if self.fcs:
+            x = x.flatten(1)
+            for layer in self.fcs:
+                x = F.relu(layer(x))
+        return x
+
+    @property
+    def output_size(self) -> int | tuple[int, int, int]:
+        """FC_DIM, or ``(channels, height, width)`` without fully connected layers."""
+        return self._output_size

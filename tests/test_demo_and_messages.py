@@ -178,3 +178,22 @@ def test_disk_full_is_recognised_in_torch_errors(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="something else"):
         file_io.atomic_save({}, str(target), save_fn=other_failure)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_process_error_ends_with_its_message() -> None:
+    """With --num-gpus N the error comes back as the worker's traceback text."""
+    traceback_text = (
+        "\n\n-- Process 1 terminated with the following error:\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in save\n'
+        "    raise DiskFullError(path)\n"
+        "cvpods.checkpoint.file_io.DiskFullError: no space left on device: /r/log/m.pth (the file "
+        "was left unchanged)\n"
+    )
+    assert launcher_module.child_error_message(traceback_text) == (
+        "no space left on device: /r/log/m.pth (the file was left unchanged)"
+    )
+    listed = "BadDataError: dataset 'x': 2 of 6 images cannot be used:\n  a.jpg: no such file\n"
+    assert launcher_module.child_error_message("Traceback ...\n" + listed) == listed.split(": ", 1)[
+        1
+    ].rstrip("\n")

@@ -42,6 +42,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -513,7 +514,25 @@ def _lock(prog: str, folder: str, args: argparse.Namespace) -> OutputDirLock | N
         raise _fail(prog, error) from None
 
 
+# The line of a traceback that names the exception: "package.module.SomeError: message".
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): (.*)$")
+
+
+def child_error_message(traceback_text: str) -> str:
+    """The message of the exception at the end of a worker's traceback (all its lines), without
+    the exception's module and class; the last line if no exception line is found."""
+    lines = traceback_text.rstrip().splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[index])
+        if match:
+            return "\n".join([match.group(1), *lines[index + 1 :]])
+    return lines[-1] if lines else traceback_text
+
+
 def _launch(prog: str, worker: Callable, args: argparse.Namespace, worker_args: tuple) -> None:
+    """Run the workers; errors a person can act on end with one ``<prog>: error: ...``."""
+    import torch.multiprocessing as mp
+
     try:
         launch(
             worker,
@@ -525,6 +544,10 @@ def _launch(prog: str, worker: Callable, args: argparse.Namespace, worker_args: 
         )
     except _USER_ERRORS as error:
         raise _fail(prog, error, code=1) from None
+    except mp.ProcessRaisedException as error:  # a spawned worker failed: its traceback first
+        text = str(error)
+        print(text.rstrip(), file=sys.stderr)
+        raise _fail(prog, child_error_message(text), code=1) from None
 
 
 def _record_weights(target: EvaluationTarget, weights: str) -> None:

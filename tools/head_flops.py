@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Print the full (every position computed) cost of an experiment's FCOS head.
+"""Print the full (every position computed) cost of an experiment's head: the FCOS head, or for
+Faster R-CNN the RPN head (``model.head``).
 
     python tools/head_flops.py cvpods_playground/fcos.res50.1x.fix.d8 --size 800 1333
+    python tools/head_flops.py cvpods_playground/faster_rcnn.res50.fpn.1x.fix_rpn.d4
 
 GFLOPs are multiply-accumulates / 2**30, the unit of the paper's tables. Unit costs are the
 official release's: 3x3 conv MACs plus one per channel for each GroupNorm, the scale-fusion units

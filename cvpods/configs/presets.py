@@ -162,3 +162,29 @@ RPN_RELEASE_GATES = dict(
         )
     )
 )
+
+
+def _without_fcos(preset: dict) -> dict:
+    """``preset`` with its MODEL.FCOS part left out (for the two-stage experiments)."""
+    model = {k: v for k, v in preset["MODEL"].items() if k != "FCOS"}
+    return {**preset, "MODEL": model}
+
+
+#: Faster R-CNN on the embedded shapes dataset: the backbone, data, schedule and solver of
+#: :data:`SHAPES_R18_GN_FROM_SCRATCH`, with anchors one octave smaller (16-256 px, the shapes'
+#: sizes at 224-288 px inputs) and fewer proposals and sampled ROIs, to suit the small CPU budget.
+SHAPES_R18_GN_FASTER_RCNN = dict(
+    **_without_fcos(SHAPES_R18_GN_FROM_SCRATCH),
+)
+SHAPES_R18_GN_FASTER_RCNN["MODEL"] = dict(
+    SHAPES_R18_GN_FASTER_RCNN["MODEL"],
+    ANCHOR_GENERATOR=dict(SIZES=[[16], [32], [64], [128], [256]]),
+    RPN=dict(
+        PRE_NMS_TOPK_TRAIN=1000,
+        POST_NMS_TOPK_TRAIN=500,
+        PRE_NMS_TOPK_TEST=500,
+        POST_NMS_TOPK_TEST=300,
+    ),
+    ROI_HEADS=dict(NUM_CLASSES=7, BATCH_SIZE_PER_IMAGE=128),
+    ROI_BOX_HEAD=dict(FC_DIM=256),
+)

@@ -57,6 +57,8 @@ class _RPNPredictors(nn.Module):
         super().__init__()
         self.in_channels = _single_channel_count(input_shape)
         self.num_anchors = _single_anchor_count(num_cell_anchors)
+        # Strides of the levels, finest first (the demo's gate maps and tools/head_flops.py).
+        self.fpn_strides = [s.stride for s in input_shape]
         self.num_convs = cfg.MODEL.RPN.NUM_CONVS
 
     def build_predictors(self, box_dim: int = 4) -> None:

@@ -1,0 +1,22 @@
+"""Faster R-CNN with the fine-grained dynamic RPN head (D4, GeReTanH tau 1.5, budget lambda 0.1)
+on the embedded shapes dataset (thin ResNet-18-GN-FPN from scratch, 2-core CPU)."""
+
+from cvpods.configs import RCNNFPNConfig
+from cvpods.configs.presets import RPN_RELEASE_GATES, SHAPES_R18_GN_FASTER_RCNN
+
+
+class ExperimentConfig(RCNNFPNConfig):
+    def __init__(self) -> None:
+        super().__init__()
+        self._register_configuration(SHAPES_R18_GN_FASTER_RCNN)
+        self._register_configuration(RPN_RELEASE_GATES)
+        self._register_configuration(
+            dict(
+                MODEL=dict(
+                    RPN=dict(HEAD_NAME="DynamicRPNHead", NUM_CONVS=8, BUDGET_LOSS_LAMBDA=0.1)
+                )
+            )
+        )
+
+
+config = ExperimentConfig()

@@ -129,3 +129,25 @@ def test_training_losses_with_the_reference_sampling_seed(model, fixture):
     finally:
         model.eval()
     assert_losses_match(losses, fixture["losses"])
+
+
+def test_cvpods_checkpoint_loads_unchanged(fixture, tmp_path):
+    """A cvpods Faster R-CNN checkpoint (``{"model": state_dict}`` with cvpods' names) loads into
+    our model through DetectionCheckpointer, every tensor matched, and gives cvpods' detections."""
+    from cvpods.checkpoint import DetectionCheckpointer
+
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": fixture["state_dict"], "iteration": 89999}, path)
+    cfg, build_model = load_experiment(fixture["name"])
+    cfg.merge_from_dict(fixture["config_overrides"])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(path), min_matched_fraction=1.0)
+    for key, value in fixture["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    model.eval()
+    x = model_inputs(fixture)[0]
+    with torch.no_grad():
+        result = model([x])[0]["instances"]
+    assert_detections_match(
+        result.pred_boxes.tensor, result.scores, result.pred_classes, fixture["detections"][0]
+    )

@@ -1,22 +1,147 @@
-"""COCOEvaluator against pycocotools, and the inference loop with a fake model."""
+"""COCOEvaluator against hand-computed AP and an independent COCO AP written here, and the
+inference loop with a fake model."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from cvpods.configs import FCOSConfig
-from cvpods.data import DatasetCatalog, build_test_loader
+from cvpods.data import DatasetCatalog, MetadataCatalog, build_test_loader
 from cvpods.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from cvpods.structures import Boxes, Instances
+
+# ---------------------------------------------------------------------------------------------
+# An independent COCO box AP (the definition of cocodataset.org/#detection-eval), written from
+# the definition, not from pycocotools: per image and category, detections (best score first,
+# at most MAX_DETS) are matched greedily to the unmatched ground truth box of highest IoU >= t,
+# preferring boxes inside the area range; a detection matched to a box outside the range, or
+# unmatched and itself outside the range, is ignored. Per category and threshold, precision at
+# recall r is the highest precision reached at any recall >= r (0 if r is not reached), averaged
+# over r = 0, 0.01, ..., 1; AP averages that over t = 0.5, 0.55, ..., 0.95 and over the
+# categories having ground truth in the range.
+
+# The points are the floats COCO's evaluation uses (numpy.linspace, as its documented parameters
+# recThrs / iouThrs): some are one ulp above i / 100 (0.35000000000000003, 0.7000000000000001,
+# ...), so that a recall of exactly 7 / 10 does not reach the point "0.70" there.
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
+RECALL_POINTS = np.linspace(0.0, 1.0, 101).tolist()
+AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e10),
+}
+MAX_DETS = 100
+
+
+def _iou_xywh(a: list[float], b: list[float]) -> float:
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _category_ap(
+    gts: dict, dets: dict, threshold: float, area: tuple[float, float]
+) -> float | None:
+    """``gts`` / ``dets``: ``{image_id: [...]}`` of one category; gt entries (box, area), det
+    entries (box, score). None when the category has no ground truth in the area range."""
+    inside = lambda value: area[0] <= value <= area[1]  # noqa: E731
+    num_gt = sum(inside(a) for boxes in gts.values() for _, a in boxes)
+    if num_gt == 0:
+        return None
+    scored = []  # (score, true positive) of the detections that count
+    for image_id in sorted(set(gts) | set(dets)):
+        truth = gts.get(image_id, [])
+        taken = [False] * len(truth)
+        ranked = sorted(dets.get(image_id, []), key=lambda d: -d[1])[:MAX_DETS]
+        for box, score in ranked:
+            choice = None
+            for want_inside in (True, False):
+                best = threshold
+                for j, (gt_box, gt_area) in enumerate(truth):
+                    if taken[j] or inside(gt_area) != want_inside:
+                        continue
+                    iou = _iou_xywh(box, gt_box)
+                    if iou >= best:
+                        choice, best = j, iou
+                if choice is not None:
+                    break
+            if choice is None:
+                if inside(box[2] * box[3]):
+                    scored.append((score, False))
+            else:
+                taken[choice] = True
+                if inside(truth[choice][1]):
+                    scored.append((score, True))
+    scored.sort(key=lambda d: -d[0])
+    points, tp = [], 0
+    for k, (_, hit) in enumerate(scored, start=1):
+        tp += hit
+        points.append((tp / num_gt, tp / k))  # (recall, precision)
+    return sum(max((p for r, p in points if r >= r0), default=0.0) for r0 in RECALL_POINTS) / 101
+
+
+def independent_coco_ap(gt_json: dict, detections: list[dict]) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl and AP-<category name> in percent (NaN: undefined) of COCO
+    ``detections`` (image_id, category_id, XYWH bbox, score) against a COCO ``gt_json``."""
+    assert not any(a.get("iscrowd", 0) for a in gt_json["annotations"]), "no crowd handling"
+    categories = {c["id"]: c["name"] for c in gt_json["categories"]}
+    gts = {c: {} for c in categories}
+    dets = {c: {} for c in categories}
+    for a in gt_json["annotations"]:
+        gts[a["category_id"]].setdefault(a["image_id"], []).append((a["bbox"], a["area"]))
+    for d in detections:
+        dets[d["category_id"]].setdefault(d["image_id"], []).append((d["bbox"], d["score"]))
+
+    def mean_ap(thresholds, area, cats=categories) -> float:
+        values = [_category_ap(gts[c], dets[c], t, area) for c in cats for t in thresholds]
+        values = [v for v in values if v is not None]
+        return 100 * sum(values) / len(values) if values else float("nan")
+
+    results = {
+        "AP": mean_ap(IOU_THRESHOLDS, AREA_RANGES["all"]),
+        "AP50": mean_ap([0.5], AREA_RANGES["all"]),
+        "AP75": mean_ap([0.75], AREA_RANGES["all"]),
+        "APs": mean_ap(IOU_THRESHOLDS, AREA_RANGES["small"]),
+        "APm": mean_ap(IOU_THRESHOLDS, AREA_RANGES["medium"]),
+        "APl": mean_ap(IOU_THRESHOLDS, AREA_RANGES["large"]),
+    }
+    for c, name in categories.items():
+        results[f"AP-{name}"] = mean_ap(IOU_THRESHOLDS, AREA_RANGES["all"], [c])
+    return results
+
+
+def coco_detections(predictions: dict[int, Instances], category_ids: list[int]) -> list[dict]:
+    """COCO result entries of ``{image_id: Instances}``; contiguous class i is the i-th smallest
+    dataset category id."""
+    entries = []
+    for image_id, inst in predictions.items():
+        for box, score, cls in zip(
+            inst.pred_boxes.tensor.tolist(), inst.scores.tolist(), inst.pred_classes.tolist()
+        ):
+            x0, y0, x1, y1 = box
+            entries.append(
+                {
+                    "image_id": image_id,
+                    "category_id": sorted(category_ids)[cls],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": score,
+                }
+            )
+    return entries
+
+
+def assert_same_metrics(ours: dict[str, float], expected: dict[str, float]) -> None:
+    assert set(ours) == set(expected)
+    for name, value in expected.items():
+        assert ours[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
 
 
 @pytest.fixture
@@ -52,19 +177,7 @@ def _perturbed_predictions(dataset_dicts, seed=0, drop_every=4):
     return predictions
 
 
-def _pycocotools_ap(json_file, results_file, image_ids):
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(json_file)
-        dt = gt.loadRes(results_file)
-        coco_eval = COCOeval(gt, dt, "bbox")
-        coco_eval.params.imgIds = image_ids
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return coco_eval.stats
-
-
-def test_ap_equals_pycocotools_on_the_written_file(cfg, tmp_path, caplog):
+def test_ap_equals_an_independent_coco_ap(cfg, tmp_path, caplog):
     output_dir = str(tmp_path / "out")
     evaluator = COCOEvaluator("shapes_val", cfg, distributed=True, output_dir=output_dir)
     dicts = DatasetCatalog.get("shapes_val")
@@ -78,28 +191,124 @@ def test_ap_equals_pycocotools_on_the_written_file(cfg, tmp_path, caplog):
         results = evaluator.evaluate()
     bbox = results["bbox"]
 
-    results_file = os.path.join(output_dir, "coco_instances_results.json")
-    with open(results_file) as f:
+    with open(evaluator.metadata.json_file) as f:
+        gt_json = json.load(f)
+    category_ids = [c["id"] for c in gt_json["categories"]]
+    expected_entries = coco_detections(predictions, category_ids)
+    # The written file: every detection, original category ids, XYWH boxes (3 decimals).
+    with open(os.path.join(output_dir, "coco_instances_results.json")) as f:
         written = json.load(f)
-    assert len(written) == sum(len(p) for p in predictions.values())
-    assert {r["category_id"] for r in written} <= set(range(1, 8))  # original ids
-    first = written[0]
-    box = predictions[first["image_id"]].pred_boxes.tensor[0].tolist()
-    assert first["bbox"] == pytest.approx(
-        [box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=1e-3
-    )
+    assert len(written) == len(expected_entries) == sum(len(p) for p in predictions.values())
+    for ours, expected in zip(written, expected_entries):
+        assert ours["image_id"] == expected["image_id"]
+        assert ours["category_id"] == expected["category_id"]
+        assert ours["bbox"] == pytest.approx(expected["bbox"], abs=1e-3)
+        assert ours["score"] == pytest.approx(expected["score"], abs=1e-5)
 
-    stats = _pycocotools_ap(
-        evaluator.metadata.json_file, results_file, [d["image_id"] for d in dicts]
-    )
-    for name, value in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), stats):
-        expected = value * 100 if value >= 0 else float("nan")
-        assert bbox[name] == pytest.approx(expected, nan_ok=True)
+    # The metrics, from the predictions (not the file) with the AP written above.
+    assert_same_metrics(bbox, independent_coco_ap(gt_json, expected_entries))
     assert 20 < bbox["AP"] < 95  # the perturbation really costs AP
-    per_class = {k: v for k, v in bbox.items() if k.startswith("AP-")}
-    assert sorted(per_class) == sorted(f"AP-{c}" for c in evaluator.metadata.thing_classes)
     assert "Per-category box AP" in caplog.text and "| AP " in caplog.text
     assert not [n for n in os.listdir(output_dir) if ".tmp" in n]
+
+
+@pytest.fixture
+def tiny_dataset():
+    """One image; class "a" (dataset id 7) with 3 boxes, class "b" (dataset id 3) with 1 box."""
+    name = "hand_ap_tiny"
+    boxes_a = [[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0], [40.0, 0.0, 50.0, 10.0]]
+    annotations = [{"bbox": b, "category_id": 0, "iscrowd": 0} for b in boxes_a]
+    annotations.append({"bbox": [60.0, 20.0, 80.0, 40.0], "category_id": 1, "iscrowd": 0})
+    dicts = [
+        {
+            "file_name": "tiny.jpg",
+            "height": 50,
+            "width": 100,
+            "image_id": 5,
+            "annotations": annotations,
+        }
+    ]
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(
+        thing_classes=["a", "b"], thing_dataset_id_to_contiguous_id={7: 0, 3: 1}
+    )
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+# Detections of class "a" (best first) and their IoU with the boxes A, B, C of class "a":
+#   d1 0.9 [0, 0, 10, 8.2]  IoU(A) 0.82      d2 0.8 [60, 0, 70, 10]  no overlap
+#   d3 0.7 [20, 0, 26.2, 10] IoU(B) 0.62     d4 0.6 [0.3, 0, 10, 10] IoU(A) 0.97
+# and one exact detection of the class "b" box.
+TINY_DETECTIONS = [
+    ([0.0, 0.0, 10.0, 8.2], 0.9, 0),
+    ([60.0, 0.0, 70.0, 10.0], 0.8, 0),
+    ([20.0, 0.0, 26.2, 10.0], 0.7, 0),
+    ([0.3, 0.0, 10.0, 10.0], 0.6, 0),
+    ([60.0, 20.0, 80.0, 40.0], 0.5, 1),
+]
+# Class "a", 3 ground truth boxes, per IoU threshold t (TP / FP in score order):
+#   t = 0.50, 0.55, 0.60:       TP FP TP FP  (d4 duplicates A)  recall 1/3 1/3 2/3 2/3,
+#       precision 1 1/2 2/3 1/2: recall points 0..0.33 (34) at 1, 0.34..0.66 (33) at 2/3, the
+#       other 34 unreached: (34 + 33 * 2/3) / 101 = 56 / 101
+#   t = 0.65, 0.70, 0.75, 0.80: TP FP FP FP  34 points at 1: 34 / 101
+#   t = 0.85, 0.90, 0.95:       FP FP FP TP  (d1 too loose, d4 takes A) recall 1/3 at
+#       precision 1/4: 34 points at 1/4: 8.5 / 101
+# Class "b": AP 1 at every threshold. Every box is small (area < 32^2): APs = AP; APm, APl have
+# no ground truth (NaN).
+AP_A = (3 * 56 + 4 * 34 + 3 * 8.5) / 101 / 10
+AP50_A, AP75_A = 56 / 101, 34 / 101
+TINY_EXPECTED = {
+    "AP": 100 * (AP_A + 1) / 2,
+    "AP50": 100 * (AP50_A + 1) / 2,
+    "AP75": 100 * (AP75_A + 1) / 2,
+    "APs": 100 * (AP_A + 1) / 2,
+    "APm": float("nan"),
+    "APl": float("nan"),
+    "AP-a": 100 * AP_A,
+    "AP-b": 100.0,
+}
+
+
+def test_hand_computed_ap_on_a_tiny_case(tiny_dataset, tmp_path):
+    evaluator = COCOEvaluator(tiny_dataset, distributed=False, output_dir=str(tmp_path))
+    boxes, scores, classes = zip(*TINY_DETECTIONS)
+    inst = Instances(
+        (50, 100),
+        pred_boxes=Boxes(torch.tensor(boxes)),
+        scores=torch.tensor(scores),
+        pred_classes=torch.tensor(classes),
+    )
+    evaluator.process([{"image_id": 5}], [{"instances": inst}])
+    results = evaluator.evaluate()["bbox"]
+    assert_same_metrics(results, TINY_EXPECTED)
+    with open(tmp_path / "coco_instances_results.json") as f:
+        written = json.load(f)
+    assert [d["category_id"] for d in written] == [7, 7, 7, 7, 3]
+    assert written[2]["bbox"] == pytest.approx([20.0, 0.0, 6.2, 10.0])
+
+
+def test_independent_ap_reproduces_the_hand_computation():
+    """The AP written above, on the same tiny case (so that it can be trusted on bigger ones)."""
+    boxes_a = [[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 10.0, 10.0], [40.0, 0.0, 10.0, 10.0]]
+    annotations = [
+        {"image_id": 5, "category_id": 7, "bbox": b, "area": 100.0, "iscrowd": 0} for b in boxes_a
+    ]
+    annotations.append(
+        {"image_id": 5, "category_id": 3, "bbox": [60.0, 20.0, 20.0, 20.0], "area": 400.0}
+    )
+    gt_json = {
+        "images": [{"id": 5, "height": 50, "width": 100}],
+        "annotations": annotations,
+        "categories": [{"id": 7, "name": "a"}, {"id": 3, "name": "b"}],
+    }
+    detections = [
+        {"image_id": 5, "category_id": 7 if c == 0 else 3, "score": s,
+         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+        for b, s, c in TINY_DETECTIONS
+    ]  # fmt: skip
+    assert_same_metrics(independent_coco_ap(gt_json, detections), TINY_EXPECTED)
 
 
 def test_perfect_predictions_give_ap_100(cfg):
@@ -199,12 +408,10 @@ def test_inference_on_dataset_with_fake_model(cfg, tmp_path):
         "max_gflops": max(ids),
         "num_images": len(ids),
     }
-    direct = COCOEvaluator("shapes_val", cfg)
-    for d in dicts:
-        direct.process(
-            [{"image_id": d["image_id"]}], [{"instances": model.predictions[d["image_id"]]}]
-        )
-    assert results["bbox"] == pytest.approx(direct.evaluate()["bbox"], nan_ok=True)
+    with open(evaluator.metadata.json_file) as f:
+        gt_json = json.load(f)
+    detections = coco_detections(model.predictions, [c["id"] for c in gt_json["categories"]])
+    assert_same_metrics(results["bbox"], independent_coco_ap(gt_json, detections))
 
     text = print_csv_format(results)
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in text

@@ -1,17 +1,27 @@
 """cvpods_train then cvpods_test with the real pieces: a thin dynamic-head FCOS on tiny shapes.
 
 Checks the plumbing (data, model, trainer, checkpoints, evaluation, results files), not accuracy:
-6 iterations on 96-pixel images.
+6 iterations on 160-224 pixel images. The score threshold is 0 so that even this model writes
+detections, and the reported metrics are checked against pycocotools run here on the written
+detections file (the file writing and category ids, not pycocotools itself), the head's cost
+against its full cost from tools/head_flops.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
+import math
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from test_engine_support import one_torch_thread  # noqa: F401
 
 from cvpods.engine import DefaultTrainer, HookBase, default_setup, launcher
@@ -40,7 +50,9 @@ class TinyShapesConfig(FCOSConfig):
                         STEM_OUT_CHANNELS=32,
                     ),
                     FPN=dict(OUT_CHANNELS=32),
-                    FCOS=dict(NUM_CLASSES=7, NUM_CONVS=4, BUDGET_LOSS_LAMBDA=0.1),
+                    FCOS=dict(
+                        NUM_CLASSES=7, NUM_CONVS=4, BUDGET_LOSS_LAMBDA=0.1, SCORE_THRESH_TEST=0.0
+                    ),
                 ),
                 DATASETS=dict(
                     TRAIN=("shapes_train",),
@@ -79,9 +91,73 @@ def build_model(cfg):
 """
 
 
+REPO = Path(__file__).resolve().parents[1]
+BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def pycocotools_metrics(gt_json: Path, detections_json: Path) -> dict[str, float | None]:
+    """COCOeval on the files on disk: the metrics in percent, None where undefined."""
+    detections = json.loads(detections_json.read_text())
+    assert detections, f"{detections_json} holds no detection: the comparison would be vacuous"
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_json))
+        coco_eval = COCOeval(gt, gt.loadRes(detections), "bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return {m: None if v < 0 else 100 * float(v) for m, v in zip(BOX_METRICS, coco_eval.stats)}
+
+
+def assert_reported_metrics(bbox: dict, gt_json: Path, detections_json: Path) -> None:
+    expected = pycocotools_metrics(gt_json, detections_json)
+    for name, value in expected.items():
+        if value is None:
+            assert bbox[name] is None or math.isnan(bbox[name]), (name, bbox[name])
+        else:
+            assert bbox[name] == pytest.approx(value, abs=1e-9), name
+
+
+def resized(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """The test-time ResizeShortestEdge size: short side ``short``, long side <= ``max_size``."""
+    scale = short / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def full_head_gflops(folder: Path, size: tuple[int, int], capsys) -> float:
+    """The head's cost with every position computed, from tools/head_flops.py (MACs / 2**30)."""
+    spec = importlib.util.spec_from_file_location("head_flops", REPO / "tools" / "head_flops.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    capsys.readouterr()
+    tool.main([str(folder), "--size", str(size[0]), str(size[1])])
+    macs = re.search(r"\(([0-9.e+]+) MACs\)", capsys.readouterr().out).group(1)
+    return float(macs) / 2**30
+
+
+def assert_head_cost_within_full(
+    complexity: dict, folder: Path, gt_json: Path, short: int, max_size: int, capsys
+) -> None:
+    """min <= avg <= max, each image's cost at most its full cost (the sizes the test images
+    are resized to, padded by the tool), so avg <= mean and max <= largest full cost."""
+    images = json.loads(gt_json.read_text())["images"]
+    assert complexity["num_images"] == len(images)
+    full = {}
+    for image in images:
+        size = resized(image["height"], image["width"], short, max_size)
+        if size not in full:
+            full[size] = full_head_gflops(folder, size, capsys)
+    per_image = [full[resized(i["height"], i["width"], short, max_size)] for i in images]
+    tolerance = 1e-3  # the tool prints 4 significant digits
+    assert 0 < complexity["min_gflops"] <= complexity["avg_gflops"] <= complexity["max_gflops"]
+    assert complexity["max_gflops"] <= max(per_image) * (1 + tolerance)
+    assert complexity["avg_gflops"] <= sum(per_image) / len(per_image) * (1 + tolerance)
+
+
 @pytest.mark.slow
 def test_train_then_test_a_dynamic_fcos_on_shapes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     folder = tmp_path / "tiny_dynamic"
     folder.mkdir()
@@ -96,16 +172,22 @@ def test_train_then_test_a_dynamic_fcos_on_shapes(
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
     results_path = out / "inference" / "shapes_val" / "results.json"
     trained = json.loads(results_path.read_text())
-    assert "AP" in trained["bbox"] and "AP50" in trained["bbox"]
-    assert "head_complexity" in trained
+    (gt_json,) = (tmp_path / "datasets" / "shapes").glob("val_n4_*/annotations.json")
+    detections_json = results_path.with_name("coco_instances_results.json")
+    assert_reported_metrics(trained["bbox"], gt_json, detections_json)
+    assert_head_cost_within_full(
+        trained["head_complexity"], folder, gt_json, short=160, max_size=224, capsys=capsys
+    )
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any("complexity_ratio" in r for r in records)
     assert any("shapes_val/bbox/AP" in r for r in records)
 
     results_path.unlink()
+    detections_json.unlink()
     launcher.test_main([])
     tested = json.loads(results_path.read_text())
     assert tested["bbox"] == pytest.approx(trained["bbox"], nan_ok=True)
+    assert_reported_metrics(tested["bbox"], gt_json, detections_json)
 
 
 class _Crash(HookBase):

@@ -173,11 +173,8 @@ def _without_fcos(preset: dict) -> dict:
 #: Faster R-CNN on the embedded shapes dataset: the backbone, data, schedule and solver of
 #: :data:`SHAPES_R18_GN_FROM_SCRATCH`, with anchors one octave smaller (16-256 px, the shapes'
 #: sizes at 224-288 px inputs) and fewer proposals and sampled ROIs, to suit the small CPU budget.
-SHAPES_R18_GN_FASTER_RCNN = dict(
-    **_without_fcos(SHAPES_R18_GN_FROM_SCRATCH),
-)
-SHAPES_R18_GN_FASTER_RCNN["MODEL"] = dict(
-    SHAPES_R18_GN_FASTER_RCNN["MODEL"],
+SHAPES_R18_GN_FASTER_RCNN = _without_fcos(SHAPES_R18_GN_FROM_SCRATCH)
+SHAPES_R18_GN_FASTER_RCNN["MODEL"].update(
     ANCHOR_GENERATOR=dict(SIZES=[[16], [32], [64], [128], [256]]),
     RPN=dict(
         PRE_NMS_TOPK_TRAIN=1000,

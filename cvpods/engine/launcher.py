@@ -276,7 +276,10 @@ def evaluation_target(cfg: BaseConfig, weights: str) -> EvaluationTarget:
 
     output_dir = cfg.OUTPUT_DIR
     checkpointer = DetectionCheckpointer(nn.Module(), output_dir, save_to_disk=False)
-    newest = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
+    try:
+        newest = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
+    except ValueError:  # an empty last_checkpoint file: no newest checkpoint
+        newest = ""
     note = ""
     if "://" not in weights and _same_path(weights, newest):
         owner = OutputDirLock.holder(output_dir)

@@ -1,17 +1,22 @@
 // Masked (sparse-position) 2-D convolution for inference: declarations shared by the CPU
-// implementation, the CUDA implementation and the Python bindings.
+// implementation, the CUDA implementation, the operator registration and the Python bindings.
 //
 // Layout conventions used throughout:
-//   x       [N, C, H, W]     any strides; converted to channels-last (NHWC memory) internally
-//   mask    [N, H, W]        bool or floating; a position is active when mask > 0
-//   weight  [Cout, C, k, k]  k odd; stride 1, dilation 1, groups 1
-//   active  [P] int64        flat indices n * H * W + y * W + x of the active positions, ascending
-//   output  [N, Cout, H, W]  channels-last memory; exact zeros at inactive positions
+//   x         [N, C, H, W]     any strides; channels-last (NHWC memory) is read directly, other
+//                              layouts are read only at the positions the convolution needs
+//   mask      [N, H, W]        bool or floating; a position is active when mask > 0
+//   weight    [Cout, C, k, k]  k odd; stride 1, dilation 1, groups 1
+//   residual  [N, Cout, H, W]  optional; with it the output is relu(residual + gate * y)
+//   gate      [N, G, H, W]     optional (with residual); gate map g scales channel group g
+//   active    [P] int64        flat indices n * H * W + y * W + x of the active positions, ascending
+//   output    [N, Cout, H, W]  channels-last memory; at inactive positions exact zeros (or
+//                              relu(residual) when a residual is given)
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 
 namespace cvpods {
 
@@ -24,10 +29,17 @@ struct Epilogue {
   bool relu = false;
 };
 
+// The gated residual applied after the epilogue: out = relu(residual + gate * y).
+struct GatedResidual {
+  std::optional<at::Tensor> residual;  // [N, Cout, H, W]
+  std::optional<at::Tensor> gate;      // [N, G, H, W], G divides Cout; absent: gate = 1
+  bool defined() const { return residual.has_value(); }
+};
+
 // Validates shapes/dtypes/devices; throws c10::Error with a message naming the argument.
 void check_masked_conv_inputs(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, int64_t padding,
-                              const Epilogue& post);
+                              const Epilogue& post, const GatedResidual& residual);
 void check_epilogue(const Epilogue& post, int64_t channels, const at::Tensor& like);
 
 // Flat indices of the active positions of `mask` ([N, H, W]) in ascending order, int64.
@@ -37,14 +49,46 @@ at::Tensor active_positions(const at::Tensor& mask);
 // column layout produced by the gather.
 at::Tensor pack_weight(const at::Tensor& weight);
 
+// The registered operator cvpods::masked_conv2d: `impl` is "auto" (dense convolution + masked
+// epilogue from `dense_from` active fraction on, sparse below), "sparse" or "dense".
+at::Tensor masked_conv2d_op(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t padding,
+                            int64_t num_groups, const std::optional<at::Tensor>& gn_weight,
+                            const std::optional<at::Tensor>& gn_bias, double eps, bool relu,
+                            const std::optional<at::Tensor>& residual,
+                            const std::optional<at::Tensor>& gate, const std::string& impl,
+                            double dense_from);
+
 // ---- CPU ----
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t padding,
-                             const Epilogue& post);
+                             const Epilogue& post, const GatedResidual& residual = {});
 void masked_epilogue_cpu(at::Tensor& y, const at::Tensor& mask, const Epilogue& post);
+// Zeros at the positions where `flags` ([N, H, W] bool, contiguous) is false (in place).
+void fill_inactive_rows_cpu(at::Tensor& out, const at::Tensor& flags);
+// out = relu(residual + gate * out) at active positions, relu(residual) elsewhere (in place).
+void apply_gated_residual_cpu(at::Tensor& out, const at::Tensor& mask,
+                              const GatedResidual& residual);
 at::Tensor gather_columns_cpu(const at::Tensor& x_nhwc, const at::Tensor& active, int64_t kernel,
                               int64_t padding);
 void scatter_rows_cpu(const at::Tensor& rows, const at::Tensor& active, at::Tensor& out_nhwc);
+// 3x3 "same" convolution with few output channels (spatial gates): [N, C, H, W] -> [N, G, H, W].
+at::Tensor gate_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, bool simd);
+
+// gate * GroupNorm(depthwise_conv3x3(x) + bias) where any gate map is open, zeros elsewhere
+// (num_groups = 0: no GroupNorm). x [N, C, H, W], weight [C, 1, 3, 3], gate [N, G, H, W].
+at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t num_groups,
+                               const std::optional<at::Tensor>& gn_weight,
+                               const std::optional<at::Tensor>& gn_bias, double eps,
+                               const at::Tensor& gate);
+// The same with ATen operators (any device, any dtype and layout).
+at::Tensor gated_depthwise_library(const at::Tensor& x, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, int64_t num_groups,
+                                   const std::optional<at::Tensor>& gn_weight,
+                                   const std::optional<at::Tensor>& gn_bias, double eps,
+                                   const at::Tensor& gate);
 
 #ifdef WITH_CUDA
 // ---- CUDA ----

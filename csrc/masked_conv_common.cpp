@@ -28,7 +28,7 @@ void check_epilogue(const Epilogue& post, int64_t channels, const at::Tensor& li
 
 void check_masked_conv_inputs(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, int64_t padding,
-                              const Epilogue& post) {
+                              const Epilogue& post, const GatedResidual& residual) {
   TORCH_CHECK(x.dim() == 4, "masked_conv2d: x must be [N, C, H, W], got shape ", x.sizes());
   TORCH_CHECK(weight.dim() == 4, "masked_conv2d: weight must be [Cout, C, k, k], got shape ",
               weight.sizes());
@@ -58,6 +58,26 @@ void check_masked_conv_inputs(const at::Tensor& x, const at::Tensor& mask, const
                 " but x is on ", x.device());
   }
   check_epilogue(post, weight.size(0), x);
+  if (residual.residual.has_value()) {
+    const at::Tensor& r = *residual.residual;
+    TORCH_CHECK(r.dim() == 4 && r.size(0) == x.size(0) && r.size(1) == weight.size(0) &&
+                    r.size(2) == x.size(2) && r.size(3) == x.size(3),
+                "masked_conv2d: residual must be [N, Cout, H, W] = [", x.size(0), ", ",
+                weight.size(0), ", ", x.size(2), ", ", x.size(3), "], got ", r.sizes());
+    TORCH_CHECK(r.device() == x.device(), "masked_conv2d: residual is on ", r.device(),
+                " but x is on ", x.device());
+  }
+  if (residual.gate.has_value()) {
+    const at::Tensor& gt = *residual.gate;
+    TORCH_CHECK(residual.residual.has_value(), "masked_conv2d: gate is given without residual");
+    TORCH_CHECK(gt.dim() == 4 && gt.size(0) == x.size(0) && gt.size(1) >= 1 &&
+                    weight.size(0) % gt.size(1) == 0 && gt.size(2) == x.size(2) &&
+                    gt.size(3) == x.size(3),
+                "masked_conv2d: gate must be [N, G, H, W] with G dividing Cout=", weight.size(0),
+                " and the input's N, H, W, got ", gt.sizes());
+    TORCH_CHECK(gt.device() == x.device(), "masked_conv2d: gate is on ", gt.device(),
+                " but x is on ", x.device());
+  }
 }
 
 at::Tensor active_positions(const at::Tensor& mask) {
@@ -90,24 +110,100 @@ Epilogue make_epilogue(int64_t num_groups, const std::optional<at::Tensor>& gn_w
 }
 #endif
 
-at::Tensor masked_conv2d_forward(const at::Tensor& x, const at::Tensor& mask,
-                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                 int64_t padding, int64_t num_groups,
-                                 const std::optional<at::Tensor>& gn_weight,
-                                 const std::optional<at::Tensor>& gn_bias, double eps, bool relu) {
-  const Epilogue post = make_epilogue(num_groups, gn_weight, gn_bias, eps, relu);
-  check_masked_conv_inputs(x, mask, weight, bias, padding, post);
-  at::NoGradGuard no_grad;
-  if (x.is_cuda()) {
+// out = relu(residual + gate * out) at the active positions, relu(residual) elsewhere, with ATen
+// operators (any device; `out` is exactly zero at inactive positions).
+at::Tensor gated_residual_aten(const at::Tensor& out, const GatedResidual& residual) {
+  at::Tensor scaled = out;
+  if (residual.gate.has_value()) {
+    const at::Tensor& gate = *residual.gate;
+    const int64_t n = out.size(0), c = out.size(1), h = out.size(2), w = out.size(3);
+    const int64_t groups = gate.size(1);
+    scaled = (out.reshape({n, groups, c / groups, h, w}) * gate.unsqueeze(2)).view({n, c, h, w});
+  }
+  at::Tensor out_sum = scaled + *residual.residual;
+  return out_sum.relu_().contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+void masked_epilogue_any(at::Tensor& y, const at::Tensor& flags, const Epilogue& post) {
+  if (y.is_cuda()) {
 #ifdef WITH_CUDA
-    return masked_conv2d_cuda(x, mask, weight, bias, padding, post);
+    masked_epilogue_cuda(y, flags, post);
+    return;
 #else
-    no_cuda("masked_conv2d_forward");
+    no_cuda("masked_conv2d");
 #endif
   }
-  TORCH_CHECK(x.device().is_cpu(), "masked_conv2d_forward: unsupported device ", x.device());
-  return masked_conv2d_cpu(x, mask, weight, bias, padding, post);
+  masked_epilogue_cpu(y, flags, post);
 }
+
+// The dense convolution (channels-last), then the epilogue at the active positions.
+at::Tensor dense_then_epilogue(const at::Tensor& x, const at::Tensor& flags,
+                               const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               int64_t padding, const Epilogue& post,
+                               const GatedResidual& residual) {
+  at::Tensor y = at::conv2d(x.contiguous(at::MemoryFormat::ChannelsLast), weight, bias, {1, 1},
+                            {padding, padding})
+                     .contiguous(at::MemoryFormat::ChannelsLast);
+  if (flags.all().item<bool>()) {  // every position active: the ordinary (vectorized) GroupNorm
+    if (post.num_groups > 0) {
+      y = at::group_norm(y, post.num_groups, post.weight, post.bias, post.eps)
+              .contiguous(at::MemoryFormat::ChannelsLast);
+    }
+    if (post.relu) y.relu_();
+  } else {
+    masked_epilogue_any(y, flags, post);
+  }
+  if (!residual.defined()) return y;
+  if (y.device().is_cpu()) {
+    apply_gated_residual_cpu(y, flags, residual);
+    return y;
+  }
+  return gated_residual_aten(y, residual);
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d_op(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t padding,
+                            int64_t num_groups, const std::optional<at::Tensor>& gn_weight,
+                            const std::optional<at::Tensor>& gn_bias, double eps, bool relu,
+                            const std::optional<at::Tensor>& residual,
+                            const std::optional<at::Tensor>& gate, const std::string& impl,
+                            double dense_from) {
+  const Epilogue post = make_epilogue(num_groups, gn_weight, gn_bias, eps, relu);
+  const GatedResidual gated{residual, gate};
+  check_masked_conv_inputs(x, mask, weight, bias, padding, post, gated);
+  TORCH_CHECK(impl == "auto" || impl == "sparse" || impl == "dense",
+              "masked_conv2d: impl must be 'auto', 'sparse' or 'dense', got '", impl, "'");
+  at::NoGradGuard no_grad;
+  const at::Tensor flags = (mask.scalar_type() == at::kBool ? mask : mask.gt(0)).contiguous();
+  bool dense = impl == "dense";
+  if (impl == "auto" && flags.numel() > 0) {
+    const double density =
+        static_cast<double>(flags.count_nonzero().item<int64_t>()) / flags.numel();
+    dense = density > 0.0 && density >= dense_from;
+  }
+  if (dense) return dense_then_epilogue(x, flags, weight, bias, padding, post, gated);
+  if (x.is_cuda()) {
+#ifdef WITH_CUDA
+    at::Tensor out = masked_conv2d_cuda(x, flags, weight, bias, padding, post);
+    return gated.defined() ? gated_residual_aten(out, gated) : out;
+#else
+    no_cuda("masked_conv2d");
+#endif
+  }
+  TORCH_CHECK(x.device().is_cpu(), "masked_conv2d: unsupported device ", x.device());
+  return masked_conv2d_cpu(x, flags, weight, bias, padding, post, gated);
+}
+
+namespace {
+
+#ifdef WITH_CUDA
+at::Tensor gate_conv2d_library(const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, bool /*simd*/) {
+  return at::conv2d(x, weight, bias, {1, 1}, {1, 1});
+}
+#endif
 
 at::Tensor masked_epilogue(at::Tensor y, const at::Tensor& mask, int64_t num_groups,
                            const std::optional<at::Tensor>& gn_weight,
@@ -184,14 +280,36 @@ at::Tensor scatter_active_rows(const at::Tensor& rows, const at::Tensor& active,
 }  // namespace
 }  // namespace cvpods
 
+// The operators, registered with PyTorch's dispatcher (torch.ops.cvpods.*): callable from
+// TorchScript, traceable by torch.fx and torch.compile (their fake kernels are registered in
+// Python, cvpods/layers/masked_conv.py).
+TORCH_LIBRARY(cvpods, m) {
+  m.def(
+      "masked_conv2d(Tensor x, Tensor mask, Tensor weight, Tensor? bias, int padding, "
+      "int num_groups, Tensor? gn_weight, Tensor? gn_bias, float eps, bool relu, "
+      "Tensor? residual=None, Tensor? gate=None, str impl='auto', float dense_from=0.85) -> Tensor");
+  m.def("gate_conv2d(Tensor x, Tensor weight, Tensor? bias, bool simd=True) -> Tensor");
+  m.def(
+      "gated_depthwise(Tensor x, Tensor weight, Tensor? bias, int num_groups, Tensor? gn_weight, "
+      "Tensor? gn_bias, float eps, Tensor gate) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(cvpods, CPU, m) {
+  m.impl("masked_conv2d", &cvpods::masked_conv2d_op);
+  m.impl("gate_conv2d", &cvpods::gate_conv2d_cpu);
+  m.impl("gated_depthwise", &cvpods::gated_depthwise_cpu);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(cvpods, CUDA, m) {
+  m.impl("masked_conv2d", &cvpods::masked_conv2d_op);
+  m.impl("gate_conv2d", &cvpods::gate_conv2d_library);
+  m.impl("gated_depthwise", &cvpods::gated_depthwise_library);
+}
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cvpods C++/CUDA operators: masked (sparse-position) convolution for inference";
-  m.def("masked_conv2d_forward", &cvpods::masked_conv2d_forward,
-        "Convolution at the active positions of mask (> 0) with fused GroupNorm-over-active + ReLU; "
-        "zeros elsewhere. Returns [N, Cout, H, W] in channels-last memory.",
-        py::arg("x"), py::arg("mask"), py::arg("weight"), py::arg("bias"), py::arg("padding"),
-        py::arg("num_groups"), py::arg("gn_weight"), py::arg("gn_bias"), py::arg("eps"),
-        py::arg("relu"));
   m.def("masked_epilogue_", &cvpods::masked_epilogue,
         "In place on a channels-last [N, C, H, W] tensor: zero the inactive positions, GroupNorm "
         "(statistics over each image's active positions) then ReLU at the active ones.",

@@ -1,13 +1,15 @@
 // CPU masked convolution.
 //
 // Design: the input is read in channels-last memory, so the C channels of one pixel are one
-// contiguous row. Active positions are processed in blocks of at most kBlockBytes of im2col
-// columns (a block of rows [B, k*k*C] that stays in the last-level cache); each block is multiplied
-// by the packed weight [Cout, k*k*C] with one dense GEMM (oneDNN's JIT 1x1 convolution with a
-// pre-reordered weight for float32, which beats the BLAS sgemm on this shape; ATen's mm otherwise). The result rows
-// are scattered into the channels-last output with the bias added and, in the same pass, the
-// GroupNorm sums of each (image, group) accumulated; a second pass over the active rows applies
-// the normalization and the ReLU in place.
+// contiguous row (an input in another layout is first copied, at the pixels the active positions
+// read only, into compact rows). Active positions are processed in blocks of at most kBlockBytes of
+// im2col columns (a block of rows [B, k*k*C] that stays in the last-level cache); each block is
+// multiplied by the packed weight [Cout, k*k*C] (packed once per weight tensor and version) with
+// one dense GEMM. The result rows are scattered into the channels-last output with the bias added
+// and, in the same pass, the GroupNorm sums of each (image, group) accumulated; a second pass over
+// the active rows applies the normalization and the ReLU in place. An optional gated residual,
+// relu(residual + gate * y), is applied in one last pass that also writes relu(residual) at the
+// inactive positions (a dynamic depth cell's whole output).
 //
 // Threads work on whole blocks (gather -> GEMM -> scatter in one parallel region, the GEMM itself
 // single-threaded), taking the next block from an atomic counter, rather than sharing each step:
@@ -15,8 +17,6 @@
 // one is descheduled, which matters when the cores are shared with other processes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Context.h>
 
@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "masked_conv.h"
@@ -43,90 +44,155 @@ struct Geometry {
   int64_t n, c, h, w, kernel, pad;
 };
 
+// Source rows of the gather: the channels-last input itself (row of pixel p = p), or a compact
+// copy of the pixels the convolution reads, with `row_of[p]` the row of pixel p.
 template <typename scalar_t>
-void gather_block(const scalar_t* x, const int64_t* active, int64_t rows, scalar_t* col,
-                  const Geometry& g) {
+struct SourceRows {
+  const scalar_t* data;
+  const int32_t* row_of;  // nullptr: rows are the pixels of the channels-last input
+};
+
+template <typename scalar_t>
+void gather_block(const SourceRows<scalar_t>& src, const int64_t* active, int64_t rows,
+                  scalar_t* col, const Geometry& g) {
   const int64_t hw = g.h * g.w;
   const int64_t row_len = g.kernel * g.kernel * g.c;
-  {
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t pos = active[r];
-      const int64_t n = pos / hw;
-      const int64_t y = (pos % hw) / g.w;
-      const int64_t xx = pos % g.w;
-      scalar_t* dst = col + r * row_len;
-      const int64_t x0 = xx - g.pad;
-      for (int64_t ky = 0; ky < g.kernel; ++ky) {
-        const int64_t yy = y + ky - g.pad;
-        if (yy < 0 || yy >= g.h) {
-          std::fill_n(dst, g.kernel * g.c, scalar_t(0));
-          dst += g.kernel * g.c;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t pos = active[r];
+    const int64_t n = pos / hw;
+    const int64_t y = (pos % hw) / g.w;
+    const int64_t xx = pos % g.w;
+    scalar_t* dst = col + r * row_len;
+    const int64_t x0 = xx - g.pad;
+    for (int64_t ky = 0; ky < g.kernel; ++ky) {
+      const int64_t yy = y + ky - g.pad;
+      if (yy < 0 || yy >= g.h) {
+        std::fill_n(dst, g.kernel * g.c, scalar_t(0));
+        dst += g.kernel * g.c;
+        continue;
+      }
+      const int64_t line = (n * g.h + yy) * g.w;  // first pixel of the source image row
+      if (src.row_of == nullptr && x0 >= 0 && x0 + g.kernel <= g.w) {
+        // The whole kernel row is inside and contiguous: one copy.
+        std::memcpy(dst, src.data + (line + x0) * g.c, sizeof(scalar_t) * g.kernel * g.c);
+        dst += g.kernel * g.c;
+        continue;
+      }
+      for (int64_t kx = 0; kx < g.kernel; ++kx, dst += g.c) {
+        const int64_t x2 = x0 + kx;
+        if (x2 < 0 || x2 >= g.w) {
+          std::fill_n(dst, g.c, scalar_t(0));
           continue;
         }
-        const scalar_t* src_row = x + ((n * g.h + yy) * g.w) * g.c;
-        if (x0 >= 0 && x0 + g.kernel <= g.w) {  // whole kernel row inside: one contiguous copy
-          std::memcpy(dst, src_row + x0 * g.c, sizeof(scalar_t) * g.kernel * g.c);
-          dst += g.kernel * g.c;
-          continue;
-        }
-        for (int64_t kx = 0; kx < g.kernel; ++kx, dst += g.c) {
-          const int64_t x2 = x0 + kx;
-          if (x2 < 0 || x2 >= g.w) {
-            std::fill_n(dst, g.c, scalar_t(0));
-          } else {
-            std::memcpy(dst, src_row + x2 * g.c, sizeof(scalar_t) * g.c);
-          }
-        }
+        const int64_t row = src.row_of == nullptr ? line + x2 : src.row_of[line + x2];
+        std::memcpy(dst, src.data + row * g.c, sizeof(scalar_t) * g.c);
       }
     }
   }
 }
 
-// The GEMM of a block of columns by the packed weight. For float32 with oneDNN available it is a
-// 1x1 convolution of the block seen as a channels-last [1, K, 1, rows] image, with the weight
-// reordered once per call into oneDNN's blocked layout (mkldnn::_reorder_convolution_weight and
-// mkldnn::_convolution_pointwise, the ops torch.compile uses; measured ~20% faster than letting
-// every block reorder the weight again); otherwise ATen's mm.
-class BlockGemm {
- public:
-  BlockGemm(const at::Tensor& wpack, int64_t rows_hint) : wpack_(wpack) {
-    if (wpack.scalar_type() != at::kFloat || !at::hasMKLDNN()) return;
-    auto reorder = c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_convolution_weight", ""});
-    conv_ = c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", ""});
-    const int64_t cout = wpack.size(0), k = wpack.size(1);
-    weight_1x1_ = wpack.view({cout, k, 1, 1});
-    if (!reorder.has_value() || !conv_.has_value()) return;
-    torch::jit::Stack stack{weight_1x1_, std::vector<int64_t>{0, 0}, std::vector<int64_t>{1, 1},
-                            std::vector<int64_t>{1, 1}, int64_t{1},
-                            std::vector<int64_t>{1, k, 1, rows_hint}};
-    reorder->callBoxed(&stack);
-    packed_ = stack[0].toTensor();
-  }
-
-  // [rows, K] -> [rows, Cout] contiguous.
-  at::Tensor operator()(const at::Tensor& col) const {
-    const int64_t rows = col.size(0), k = col.size(1), cout = wpack_.size(0);
-    if (!weight_1x1_.defined()) return at::mm(col, wpack_.t());
-    const at::Tensor image = col.view({1, 1, rows, k}).permute({0, 3, 1, 2});
-    at::Tensor out;
-    if (packed_.defined()) {
-      torch::jit::Stack stack{image, packed_, c10::IValue(), std::vector<int64_t>{0, 0},
-                              std::vector<int64_t>{1, 1}, std::vector<int64_t>{1, 1}, int64_t{1},
-                              std::string("none"), c10::List<std::optional<at::Scalar>>(),
-                              c10::IValue()};
-      conv_->callBoxed(&stack);
-      out = stack[0].toTensor();
-    } else {
-      out = at::conv2d(image, weight_1x1_);
+// Copies the pixels `needed` ([P] flat positions) of an input of any strides into compact rows
+// [P, C], and fills `row_of` ([N*H*W], -1 elsewhere). Pixels are taken in blocks, channel by
+// channel, so that each channel plane is read at nearby positions and each block of rows stays
+// in cache while it is written column by column.
+template <typename scalar_t>
+void compact_rows(const at::Tensor& x, const at::Tensor& needed, at::Tensor& rows,
+                  at::Tensor& row_of) {
+  const int64_t c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
+  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  const int64_t count = needed.numel();
+  const int64_t* pos = needed.data_ptr<int64_t>();
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* out = rows.data_ptr<scalar_t>();
+  int32_t* map = row_of.data_ptr<int32_t>();
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, (count + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    int64_t offset[kBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * kBlock, last = std::min(count, first + kBlock);
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t p = pos[i], n = p / hw, y = (p % hw) / w, xx = p % w;
+        offset[i - first] = n * sn + y * sh + xx * sw;
+        map[p] = static_cast<int32_t>(i);
+      }
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const scalar_t* plane = xp + ch * sc;
+        for (int64_t i = first; i < last; ++i) out[i * c + ch] = plane[offset[i - first]];
+      }
     }
-    return out.permute({0, 2, 3, 1}).reshape({rows, cout}).contiguous();
+  });
+}
+
+// The weight packed for the GEMM of gathered columns: [Cout, k*k*C].
+struct PackedWeight {
+  at::Tensor wpack;
+};
+
+PackedWeight make_packed_weight(const at::Tensor& weight) { return PackedWeight{pack_weight(weight)}; }
+
+// Packed weights, remembered per weight tensor so that repeated inference calls do not pack (and
+// reorder) the same weight again. An entry is valid while its tensor is alive, at the same
+// storage, with the same version counter: in-place updates (optimizer steps, load_state_dict's
+// copy_) bump the version, `.to()` / `.cuda()` make new tensors, so a stale entry is never used.
+class PackedWeightCache {
+ public:
+  PackedWeight get(const at::Tensor& weight) {
+    // Inference tensors have no version counter: pack them on every call.
+    if (weight.is_inference()) return make_packed_weight(weight);
+    const c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
+    const void* data = weight.data_ptr();
+    const int64_t version = weight._version();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const Entry& e : entries_) {
+        if (e.data == data && e.version == version && e.dtype == weight.scalar_type() &&
+            e.sizes == weight.sizes().vec() && e.impl.lock().get() == impl) {
+          return e.packed;
+        }
+      }
+    }
+    PackedWeight packed = make_packed_weight(weight);
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::erase_if(entries_, [&](const Entry& e) { return e.impl.expired() || e.data == data; });
+    if (entries_.size() >= kMaxEntries) entries_.erase(entries_.begin());
+    entries_.push_back(Entry{WeakImpl(weight.getIntrusivePtr()), data, version, weight.scalar_type(),
+                             weight.sizes().vec(), packed});
+    return packed;
   }
 
  private:
-  at::Tensor wpack_;
-  at::Tensor weight_1x1_;
-  at::Tensor packed_;
-  std::optional<c10::OperatorHandle> conv_;
+  static constexpr size_t kMaxEntries = 1024;
+  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  struct Entry {
+    WeakImpl impl;
+    const void* data;
+    int64_t version;
+    at::ScalarType dtype;
+    std::vector<int64_t> sizes;
+    PackedWeight packed;
+  };
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+PackedWeightCache& packed_weight_cache() {
+  static PackedWeightCache cache;
+  return cache;
+}
+
+// The GEMM of a block of columns by the packed weight (ATen's mm: MKL's sgemm for float32).
+// oneDNN's 1x1 convolution on the block, with the weight reordered ahead of time, was measured too:
+// no faster per block, and its speed depends on the block size the weight was reordered for, which
+// a weight cache cannot know (2x slower GEMMs in the dynamic head with a fixed size).
+class BlockGemm {
+ public:
+  explicit BlockGemm(PackedWeight packed) : packed_(std::move(packed)) {}
+
+  // [rows, K] -> [rows, Cout] contiguous.
+  at::Tensor operator()(const at::Tensor& col) const { return at::mm(col, packed_.wpack.t()); }
+
+ private:
+  PackedWeight packed_;
 };
 
 // Accumulates (sum, sum of squares) per (image, group) of rows in `partial`
@@ -242,7 +308,8 @@ at::Tensor gather_columns_cpu(const at::Tensor& x_nhwc, const at::Tensor& active
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_nhwc.scalar_type(), "gather_columns",
                                   [&] {
     at::parallel_for(0, active.numel(), 16, [&](int64_t begin, int64_t end) {
-      gather_block(x_nhwc.data_ptr<scalar_t>(), active.data_ptr<int64_t>() + begin, end - begin,
+      gather_block(SourceRows<scalar_t>{x_nhwc.data_ptr<scalar_t>(), nullptr},
+                   active.data_ptr<int64_t>() + begin, end - begin,
                    col.data_ptr<scalar_t>() + begin * col.size(1), g);
     });
   });
@@ -265,20 +332,45 @@ void scatter_rows_cpu(const at::Tensor& rows, const at::Tensor& active, at::Tens
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t padding,
-                             const Epilogue& post) {
+                             const Epilogue& post, const GatedResidual& residual) {
   const Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), weight.size(2), padding};
   const int64_t cout = weight.size(0);
   const int64_t hw = g.h * g.w;
-  at::Tensor out =
-      at::empty({g.n, cout, g.h, g.w}, x.options(), at::MemoryFormat::ChannelsLast).zero_();
-  const at::Tensor active = active_positions(mask);
+  const at::Tensor flags = (mask.scalar_type() == at::kBool ? mask : mask.gt(0)).contiguous();
+  at::Tensor out = at::empty({g.n, cout, g.h, g.w}, x.options(), at::MemoryFormat::ChannelsLast);
+  const at::Tensor active = active_positions(flags);
   const int64_t total = active.numel();
-  if (total == 0 || out.numel() == 0) return out;
+  // Inactive positions: relu(residual) (written by the residual pass below) or zeros.
+  if (!residual.defined()) {
+    if (total == 0) return out.zero_();
+    fill_inactive_rows_cpu(out, flags);
+  }
+  if (total == 0 || out.numel() == 0) {
+    if (residual.defined()) apply_gated_residual_cpu(out, flags, residual);
+    return out;
+  }
 
-  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor wpack = pack_weight(weight);
+  // Where the gather reads: the channels-last input itself, or a compact copy of the pixels the
+  // active positions read (their k x k neighbourhoods), so that other layouts are never converted
+  // whole.
+  at::Tensor compact, row_of;
+  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (!channels_last) {
+    const at::Tensor needed =
+        g.kernel == 1 ? active
+                      : active_positions(at::max_pool2d(flags.unsqueeze(1).to(x.scalar_type()),
+                                                        {g.kernel, g.kernel}, {1, 1},
+                                                        {g.pad, g.pad})
+                                             .squeeze(1));
+    compact = at::empty({needed.numel(), g.c}, x.options());
+    row_of = at::empty({g.n * hw}, x.options().dtype(at::kInt));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_rows",
+                                    [&] { compact_rows<scalar_t>(x, needed, compact, row_of); });
+  }
+
+  const PackedWeight packed = packed_weight_cache().get(weight);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const int64_t row_len = wpack.size(1);
+  const int64_t row_len = packed.wpack.size(1);
   const int64_t threads = at::get_num_threads();
   // Equal blocks of at most kBlockBytes of columns each.
   const int64_t max_rows = std::clamp<int64_t>(kBlockBytes / (row_len * x.element_size()),
@@ -293,11 +385,13 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
   const int64_t groups = post.num_groups;
   std::vector<double> partial(groups > 0 ? threads * g.n * groups * 2 : 0, 0.0);
   const int64_t* act = active.data_ptr<int64_t>();
-  const BlockGemm gemm(wpack, block_rows);
+  const BlockGemm gemm(packed);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_cpu",
                                   [&] {
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const SourceRows<scalar_t> src{
+        channels_last ? x.data_ptr<scalar_t>() : compact.data_ptr<scalar_t>(),
+        channels_last ? nullptr : row_of.data_ptr<int32_t>()};
     const scalar_t* bp = bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
     // One parallel region: each thread gathers, multiplies (single-threaded GEMM: nested
@@ -312,7 +406,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
         const int64_t rows = std::min(block_rows, total - start);
         if (rows <= 0) break;
         at::Tensor block = col.narrow(0, 0, rows);
-        gather_block(xp, act + start, rows, block.data_ptr<scalar_t>(), g);
+        gather_block(src, act + start, rows, block.data_ptr<scalar_t>(), g);
         const at::Tensor res = gemm(block);
         scatter_block<scalar_t>(res.data_ptr<scalar_t>(), act + start, rows, op, cout, hw, bp,
                                 post.relu && groups == 0, groups, mine);
@@ -320,7 +414,63 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
     });
     if (groups > 0) finish_gn<scalar_t>(out, active, partial, threads, post);
   });
+  if (residual.defined()) apply_gated_residual_cpu(out, flags, residual);
   return out;
+}
+
+void fill_inactive_rows_cpu(at::Tensor& out, const at::Tensor& flags) {
+  const int64_t cout = out.size(1), positions = out.size(0) * out.size(2) * out.size(3);
+  const bool* fp = flags.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fill_inactive",
+                                  [&] {
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, positions, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        if (!fp[p]) std::fill_n(op + p * cout, cout, scalar_t(0));
+      }
+    });
+  });
+}
+
+void apply_gated_residual_cpu(at::Tensor& out, const at::Tensor& mask,
+                              const GatedResidual& residual) {
+  const int64_t n = out.size(0), cout = out.size(1), h = out.size(2), w = out.size(3);
+  const int64_t hw = h * w;
+  const at::Tensor flags = (mask.scalar_type() == at::kBool ? mask : mask.gt(0)).contiguous();
+  const at::Tensor res =
+      residual.residual->to(out.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor gate =
+      residual.gate.has_value() ? residual.gate->to(out.scalar_type()).contiguous() : at::Tensor();
+  const int64_t groups = gate.defined() ? gate.size(1) : 1;
+  const int64_t group_size = cout / groups;
+  const bool* fp = flags.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "gated_residual",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* rp = res.data_ptr<scalar_t>();
+    const scalar_t* gp = gate.defined() ? gate.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n * hw, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        scalar_t* o = op + p * cout;
+        const scalar_t* r = rp + p * cout;
+        if (!fp[p]) {
+          for (int64_t c = 0; c < cout; ++c) {
+            o[c] = r[c] > scalar_t(0) ? r[c] : scalar_t(0);
+          }
+          continue;
+        }
+        const int64_t image = p / hw, pixel = p % hw;
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          const acc_t s = gp ? static_cast<acc_t>(gp[(image * groups + gi) * hw + pixel]) : acc_t(1);
+          for (int64_t c = gi * group_size; c < (gi + 1) * group_size; ++c) {
+            const acc_t v = static_cast<acc_t>(r[c]) + s * static_cast<acc_t>(o[c]);
+            o[c] = static_cast<scalar_t>(v > acc_t(0) ? v : acc_t(0));
+          }
+        }
+      }
+    });
+  });
 }
 
 void masked_epilogue_cpu(at::Tensor& y, const at::Tensor& mask, const Epilogue& post) {

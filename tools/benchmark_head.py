@@ -1,16 +1,28 @@
 #!/usr/bin/env python
-"""Time the dynamic D8 head with its gates forced to a density, against the same head fully open.
+"""Time the dynamic head against the fixed head it replaces, side by side in one process.
 
-Every spatial gate of the head is replaced (through a forward hook) by a fixed 0/1 map: an
-object-like mask (union of random ellipses, seeded) of the requested density on each level. The
-head then runs in eval mode, i.e. on the sparse inference path (masked convolutions for the depth
-cells), and its time is compared with the same head whose gates are all 1 — the dense
-computation. Next to the time ratio it prints the FLOPs ratio (used / full head cost, as the head
-accounts it: the first conv of each depth cell runs on the 3x3-dilated gate). Example::
+**Forced gates** (default). The heads of the official experiments (256 channels, D4 and D8:
+``fcos.res50.1x.fix.d{4,8}`` against ``fcos.res50.1x.dynamic.d{4,8}.lambda-0_1``) get the same
+FPN features of an ``--size`` image (padded to a multiple of 32). Every ``SpatialGate`` of the
+dynamic head is replaced, through a forward hook, by a fixed 0/1 map: an object-like mask (union
+of random ellipses, seeded) of the requested density on each level. Both heads run in eval mode,
+interleaved, and the table gives, per density, the FLOPs ratio (used / full cost, as the head
+accounts it) next to the time ratio dynamic / fixed, and the target ``1.15 x FLOPs + 0.05``
+(``1.10`` with every gate open). The fixed head is timed in the faster of the NCHW and
+channels-last layouts; the dynamic head gets NCHW features and converts them itself.
 
-    python tools/benchmark_head.py --threads 2 --repeats 3
-    python tools/benchmark_head.py --threads 1 --clock cpu          # robust on shared cores
-    python tools/benchmark_head.py --size 400 667 --densities 0.1 0.5   # a quicker look
+**Trained models** (``--trained FOLDER ...``). Whole-model eval time per image on the first
+``--images`` images of each experiment's first test dataset, for experiment folders that hold a
+trained checkpoint (``OUTPUT_DIR/last_checkpoint``), with the dynamic heads' real gates: e.g. the
+embedded-data experiments ``shapes.res18.dynamic.d4.lambda-0_1``, ``shapes.res18.fix.d4`` and
+``shapes.res18.fcos`` after ``cvpods_train``. Folders without a checkpoint are listed as skipped.
+
+Examples::
+
+    python tools/benchmark_head.py --threads 1 --clock cpu     # 1 thread, CPU time (the default)
+    python tools/benchmark_head.py --threads 2 --clock wall    # 2 threads, wall clock
+    python tools/benchmark_head.py --depths 8 --size 400 667 --densities 0.1 0.5   # quicker
+    python tools/benchmark_head.py --depths --trained cvpods_playground/shapes.res18.*
 """
 
 from __future__ import annotations
@@ -19,17 +31,19 @@ import argparse
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from cvpods.configs import FCOSConfig
 from cvpods.layers import ShapeSpec, SpatialGate
-from cvpods.modeling import FCOSDynamicHead
+from cvpods.modeling import FCOSDynamicHead, FCOSFixHead
 from cvpods.modeling.meta_arch.head_complexity import level_sizes
 
 TOOLS = Path(__file__).resolve().parent
+PLAYGROUND = TOOLS.parent / "cvpods_playground"
 
 
 def _masked_conv_benchmark():
@@ -42,26 +56,25 @@ def _masked_conv_benchmark():
     return module
 
 
-def build_head(channels: int, num_convs: int) -> FCOSDynamicHead:
-    """The D8 head of the official dynamic experiments (GeReTanH gates, tau 1.5)."""
-    cfg = FCOSConfig()
-    cfg.merge_from_dict(
-        {
-            "MODEL.FCOS.NUM_CONVS": num_convs,
-            "MODEL.FCOS.GATE_ACTIVATION": "GeReTanH",
-            "MODEL.FCOS.GATE_ACTIVATION_KARGS": {"tau": 1.5},
-            "MODEL.FCOS.CENTERNESS_ON_REG": True,
-            "MODEL.FCOS.NORM_REG_TARGETS": True,
-        }
-    )
-    shapes = [ShapeSpec(channels=channels, stride=s) for s in cfg.MODEL.FCOS.FPN_STRIDES]
-    return FCOSDynamicHead(cfg, shapes).eval()
+def build_heads(depth: int, channels: int) -> tuple[FCOSFixHead, FCOSDynamicHead]:
+    """The fixed and dynamic heads of the official D``depth`` experiments, in eval mode."""
+    from cvpods.engine.launcher import load_experiment
+
+    heads = []
+    for name, head_cls in (
+        (f"fcos.res50.1x.fix.d{depth}", FCOSFixHead),
+        (f"fcos.res50.1x.dynamic.d{depth}.lambda-0_1", FCOSDynamicHead),
+    ):
+        cfg, _ = load_experiment(str(PLAYGROUND / name))
+        shapes = [ShapeSpec(channels=channels, stride=s) for s in cfg.MODEL.FCOS.FPN_STRIDES]
+        heads.append(head_cls(cfg, shapes).eval())
+    return heads[0], heads[1]
 
 
 class ForcedGates:
     """Forward hooks that make every spatial gate output a fixed 0/1 map per level size."""
 
-    def __init__(self, head: torch.nn.Module) -> None:
+    def __init__(self, head: nn.Module) -> None:
         self.maps: dict[tuple[int, int], torch.Tensor] = {}
         self.handles = [
             m.register_forward_hook(self._hook)
@@ -80,55 +93,159 @@ class ForcedGates:
         self.maps = {(h, w): make_mask(h, w, density, rng).float()[None, None] for h, w in sizes}
 
 
+def with_gates(
+    gates: ForcedGates, maps: dict[tuple[int, int], torch.Tensor], call: Callable[[], object]
+) -> Callable[[], object]:
+    """``call`` with the gates forced to ``maps`` (so densities can be timed interleaved)."""
+
+    def forced() -> object:
+        gates.maps = maps
+        return call()
+
+    return forced
+
+
+def target_ratio(flops_ratio: float, density: float) -> float:
+    """The issue's target for time(dynamic) / time(fixed)."""
+    return 1.10 if density >= 1.0 else 1.15 * flops_ratio + 0.05
+
+
+def forced_gate_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
+    bench = _masked_conv_benchmark()
+    for depth in args.depths:
+        fixed, dynamic = build_heads(depth, args.channels)
+        sizes = level_sizes(tuple(args.size), 32, dynamic.fpn_strides)
+        torch.manual_seed(args.seed)
+        features = [torch.randn(1, args.channels, h, w) for h, w in sizes]
+        features_cl = [f.contiguous(memory_format=torch.channels_last) for f in features]
+        gates = ForcedGates(dynamic)
+
+        def run(head: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], object]:
+            def call() -> object:
+                with torch.no_grad():
+                    return head(inputs)
+
+            return call
+
+        layouts = bench.time_interleaved(
+            {"nchw": run(fixed, features), "channels_last": run(fixed, features_cl)}, 1, clock
+        )
+        layout = min(layouts, key=layouts.get)
+        fns = {"fixed": run(fixed, features if layout == "nchw" else features_cl)}
+        flops = {}
+        for density in args.densities:
+            gates.set_density(density, sizes, bench.object_mask, args.seed)
+            cost = run(dynamic, features)().cost
+            flops[density] = float(cost.used.sum() / cost.full.sum())
+            fns[density] = with_gates(gates, dict(gates.maps), run(dynamic, features))
+        ms = bench.time_interleaved(fns, args.repeats, clock)
+        print(
+            f"\nD{depth}: fixed head {ms['fixed']:.0f} ms ({layout} input) vs dynamic head, "
+            f"{args.channels} ch, input {args.size[0]}x{args.size[1]} "
+            f"(levels {' '.join(f'{h}x{w}' for h, w in sizes)}), {args.threads} thread(s), "
+            f"{args.clock} clock, median of {args.repeats}, interleaved"
+        )
+        print("| gate density | FLOPs ratio (used/full) | dynamic ms | dynamic / fixed | target |")
+        print("|---:|---:|---:|---:|---:|")
+        for density in args.densities:
+            ratio = ms[density] / ms["fixed"]
+            target = target_ratio(flops[density], density)
+            mark = "" if ratio <= target else " (missed)"
+            print(
+                f"| {density:.2f} | {flops[density]:.3f} | {ms[density]:.0f} | {ratio:.3f} | "
+                f"<= {target:.3f}{mark} |",
+                flush=True,
+            )
+        for handle in gates.handles:
+            handle.remove()
+
+
+def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
+    from cvpods.checkpoint import DetectionCheckpointer
+    from cvpods.engine import DefaultTrainer
+    from cvpods.engine.launcher import find_weights_to_test, load_experiment, prepare_config
+    from cvpods.modeling.meta_arch.head_complexity import MACS_PER_GFLOP, head_full_cost
+
+    print(
+        f"\nTrained models: whole-model eval time per image, first {args.images} test images, "
+        f"{args.threads} thread(s), {args.clock} clock (batch 1; the first image is a warm-up)"
+    )
+    print("| experiment | head | ms / image | head GFLOPs used (avg) | used / full |")
+    print("|---|---|---:|---:|---:|")
+    for folder in args.trained:
+        cfg, build_model = load_experiment(str(folder))
+        prepare_config(cfg, str(folder), ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", 0])
+        try:
+            weights = find_weights_to_test(cfg, str(folder), [])
+        except Exception as error:  # no checkpoint yet: say so, go on with the others
+            print(f"| {folder.name} | skipped: {str(error).split(';')[0]} | | | |")
+            continue
+        model = build_model(cfg).eval()
+        DetectionCheckpointer(model, save_to_disk=False).load(weights, checkpointables=[])
+        loader = DefaultTrainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
+        times, used, full = [], [], []
+        with torch.no_grad():
+            for index, inputs in enumerate(loader):
+                if index > args.images:
+                    break
+                start = clock()
+                model(inputs)
+                elapsed = (clock() - start) * 1e3
+                if index == 0:
+                    continue
+                times.append(elapsed)
+                meter = getattr(model, "head_complexity", None)
+                values = meter.values() if meter is not None else []
+                if values:
+                    size = tuple(inputs[0]["image"].shape[-2:])
+                    divisibility = model.backbone.size_divisibility
+                    used.append(values[-1])
+                    full.append(head_full_cost(model.head, size, divisibility) / MACS_PER_GFLOP)
+        head = type(model.head).__name__
+        used_text = f"{np.mean(used):.3f}" if used else "(dense)"
+        ratio_text = f"{np.mean(used) / np.mean(full):.2f}" if used and np.mean(full) else "-"
+        print(
+            f"| {folder.name} | {head} | {np.mean(times):.1f} | {used_text} | {ratio_text} |",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
-    parser.add_argument("--channels", type=int, default=256)
-    parser.add_argument("--num-convs", type=int, default=16, help="16 = D8, 8 = D4")
-    parser.add_argument("--densities", nargs="+", type=float, default=[0.05, 0.1, 0.25, 0.5, 0.75])
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Examples::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
-        default="wall",
+        default="cpu",
         help="wall-clock time, or this thread's CPU time (robust on shared cores; needs --threads 1)",
     )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument(
+        "--depths", nargs="*", type=int, default=[4, 8], choices=[4, 8],
+        help="head depths of the forced-gate table (none: skip it)",
+    )  # fmt: skip
+    parser.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--trained", nargs="*", type=Path, default=[],
+        help="experiment folders with trained checkpoints: whole-model time per image",
+    )  # fmt: skip
+    parser.add_argument("--images", type=int, default=50, help="test images per trained model")
     args = parser.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1")
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     torch.set_num_threads(args.threads)
-    bench = _masked_conv_benchmark()
-
-    head = build_head(args.channels, args.num_convs)
-    sizes = level_sizes(tuple(args.size), 32, head.fpn_strides)
-    torch.manual_seed(args.seed)
-    features = [torch.randn(1, args.channels, h, w) for h, w in sizes]
-    gates = ForcedGates(head)
-
-    def run() -> torch.Tensor:
-        with torch.no_grad():
-            return head(features).cost
-
-    gates.set_density(1.0, sizes, bench.object_mask, args.seed)
-    dense_ms = bench.time_interleaved({"dense": run}, args.repeats, clock)["dense"]
-    print(
-        f"dynamic head, {args.num_convs // 2} stages/branch, {args.channels} ch, input {args.size[0]}x{args.size[1]}"
-        f" (levels {' '.join(f'{h}x{w}' for h, w in sizes)}), {args.threads} threads, {args.clock} clock,"
-        f" median of {args.repeats}"
-    )
-    print(f"all gates open (dense): {dense_ms:.0f} ms")
-    print("| gate density | FLOPs ratio (used/full) | time ms | time ratio |")
-    print("|---:|---:|---:|---:|")
-    for density in args.densities:
-        gates.set_density(density, sizes, bench.object_mask, args.seed)
-        cost = run()
-        ms = bench.time_interleaved({"masked": run}, args.repeats, clock)["masked"]
-        flops_ratio = float(cost.used.sum() / cost.full.sum())
-        print(f"| {density:.2f} | {flops_ratio:.3f} | {ms:.0f} | {ms / dense_ms:.3f} |")
-        sys.stdout.flush()
+    print(f"# torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock")
+    forced_gate_table(args, clock)
+    if args.trained:
+        trained_table(args, clock)
     return 0
 
 

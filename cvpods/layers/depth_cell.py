@@ -56,17 +56,27 @@ class ResidualBranch(nn.Module):
 
     @torch.no_grad()
     def sparse_forward(
-        self, x: torch.Tensor, conv1_mask: torch.Tensor, conv2_mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        conv1_mask: torch.Tensor,
+        conv2_mask: torch.Tensor,
+        gate: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The branch computed only at masked positions (``[N, H, W]`` bool masks), zeros elsewhere.
+        """The branch computed only at masked positions (``[N, H, W]`` bool masks).
 
-        GroupNorm statistics are taken over each image's computed positions only.
+        Without ``gate``: the branch, zeros elsewhere. With ``gate [N, G, H, W]``: the whole gated
+        cell ``relu(x + gate * branch)`` (``relu(x)`` where the branch is not computed), fused into
+        the second convolution's epilogue. GroupNorm statistics are taken over each image's
+        computed positions only. Outputs are channels-last.
         """
         out = masked_conv2d(
             x, conv1_mask, self.conv1.weight, None, 1, _epilogue(self.conv1, relu=True)
         )
+        post = _epilogue(self.conv2, relu=False)
+        if gate is None:
+            return masked_conv2d(out, conv2_mask, self.conv2.weight, None, 1, post)
         return masked_conv2d(
-            out, conv2_mask, self.conv2.weight, None, 1, _epilogue(self.conv2, relu=False)
+            out, conv2_mask, self.conv2.weight, None, 1, post, residual=x, gate=gate
         )
 
 
@@ -124,9 +134,7 @@ class DynamicDepthCell(nn.Module):
         if costs is not None:
             costs.add(self.cost(gate))
         if self.training:
-            branch = self.bottleneck(x)
-        else:
-            open_ = (gate.detach() != 0).any(dim=1)
-            dilated = F.max_pool2d(open_[:, None].to(x.dtype), 3, stride=1, padding=1)[:, 0] > 0
-            branch = self.bottleneck.sparse_forward(x, dilated, open_)
-        return F.relu(self.gate.modulate(branch, gate) + x)
+            return F.relu(self.gate.modulate(self.bottleneck(x), gate) + x)
+        open_ = (gate.detach() != 0).any(dim=1)
+        dilated = F.max_pool2d(open_[:, None].to(x.dtype), 3, stride=1, padding=1)[:, 0] > 0
+        return self.bottleneck.sparse_forward(x, dilated, open_, gate=gate)

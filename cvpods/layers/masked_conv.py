@@ -1,15 +1,21 @@
 """Masked convolution: a stride-1 "same" convolution evaluated only at the active positions of a
 per-image spatial mask, with an optional fused epilogue (GroupNorm over the active positions, ReLU).
 
-Inference only. Three implementations sit behind :func:`masked_conv2d`:
+Inference only. With the compiled extension ``cvpods._C``, :func:`masked_conv2d` is the registered
+PyTorch operator ``torch.ops.cvpods.masked_conv2d`` (CPU and CUDA kernels, a fake kernel for
+``torch.compile`` / ``torch.fx``), which itself chooses between
 
-* the compiled extension ``cvpods._C`` (C++ CPU kernel, CUDA kernel when built with CUDA): blocks of
-  gathered columns of active positions multiplied by the packed weight, fused epilogue;
-* a pure-PyTorch fallback (``index_select`` gather + ``mm`` in chunks) when the extension is absent;
-* dense ``F.conv2d`` (channels-last) followed by the masked epilogue, chosen whenever the active
+* the sparse kernel: blocks of gathered columns of the active positions multiplied by the packed
+  weight (packed once per weight tensor and version), fused epilogue; and
+* the dense ``F.conv2d`` (channels-last) followed by the masked epilogue, whenever the active
   fraction is at or above the measured break-even (:func:`dense_break_even`).
 
-Outputs are ``[N, Cout, H, W]`` tensors in channels-last memory, exact zeros at inactive positions.
+Without the extension a pure-PyTorch path (``index_select`` gather + ``mm`` in chunks) is used.
+An optional gated residual fuses a dynamic depth cell's output into the epilogue:
+``relu(residual + gate * y)``.
+
+Outputs are ``[N, Cout, H, W]`` tensors in channels-last memory: at inactive positions exact zeros,
+or ``relu(residual)`` with a residual.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ def _check_args(
     bias: torch.Tensor | None,
     padding: int,
     post: MaskedEpilogue,
+    residual: torch.Tensor | None,
+    gate: torch.Tensor | None,
 ) -> None:
     if x.dim() != 4:
         raise ValueError(f"masked_conv2d: x must be [N, C, H, W], got shape {tuple(x.shape)}")
@@ -128,6 +136,19 @@ def _check_args(
         raise ValueError(
             f"masked_conv2d: post.num_groups={post.num_groups} must be 0 or divide Cout={cout}"
         )
+    if residual is not None and tuple(residual.shape) != (n, cout, h, w):
+        raise ValueError(
+            f"masked_conv2d: residual must be [N, Cout, H, W] = {(n, cout, h, w)}, "
+            f"got {tuple(residual.shape)}"
+        )
+    if gate is not None:
+        if residual is None:
+            raise ValueError("masked_conv2d: gate is given without residual")
+        if gate.dim() != 4 or (gate.shape[0], *gate.shape[2:]) != (n, h, w) or cout % gate.shape[1]:
+            raise ValueError(
+                f"masked_conv2d: gate must be [N, G, H, W] with N, H, W = {(n, h, w)} and G "
+                f"dividing Cout={cout}, got {tuple(gate.shape)}"
+            )
 
 
 def _active_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -216,27 +237,28 @@ def _dense_then_epilogue(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     post: MaskedEpilogue,
-    full: bool,
 ) -> torch.Tensor:
-    """Dense channels-last convolution, then the epilogue on the active positions, zeros elsewhere."""
+    """Pure PyTorch: dense channels-last convolution, then the epilogue on the active positions."""
     y = F.conv2d(
         x.contiguous(memory_format=torch.channels_last), weight, bias, padding=weight.shape[2] // 2
     )
     y = y.contiguous(memory_format=torch.channels_last)
-    if full:  # every position active: the epilogue is the ordinary (vectorized) GroupNorm
-        if post.num_groups > 0:
-            y = F.group_norm(y, post.num_groups, post.weight, post.bias, post.eps)
-        return torch.relu_(y) if post.relu else y
-    ext = get_extension()
-    if ext is not None and (y.device.type == "cpu" or ext.with_cuda()):
-        return ext.masked_epilogue_(
-            y, active_mask, post.num_groups, post.weight, post.bias, post.eps, post.relu
-        )
     n, cout, h, w = y.shape
     active = active_mask.reshape(-1).nonzero().squeeze(1)
     rows = y.permute(0, 2, 3, 1).reshape(-1, cout).index_select(0, active)
     rows = _epilogue_rows(rows, active // (h * w), n, post)
     return _scatter_rows(rows, active, y)
+
+
+def _gated_residual(
+    out: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
+) -> torch.Tensor:
+    """Pure PyTorch: ``relu(residual + gate * out)`` (``out`` is zero at inactive positions)."""
+    if gate is not None:
+        n, c, h, w = out.shape
+        g = gate.shape[1]
+        out = (out.reshape(n, g, c // g, h, w) * gate.unsqueeze(2)).view(n, c, h, w)
+    return torch.relu(out + residual).contiguous(memory_format=torch.channels_last)
 
 
 def dense_break_even(device: torch.device, compiled: bool = True) -> float:
@@ -249,6 +271,11 @@ def dense_break_even(device: torch.device, compiled: bool = True) -> float:
     return DENSE_BREAK_EVEN_CPU if compiled else DENSE_BREAK_EVEN_CPU_FALLBACK
 
 
+def _uses_extension(x: torch.Tensor) -> bool:
+    ext = get_extension()
+    return ext is not None and (x.device.type == "cpu" or ext.with_cuda())
+
+
 def masked_conv2d(
     x: torch.Tensor,
     mask: torch.Tensor,
@@ -257,62 +284,74 @@ def masked_conv2d(
     padding: int = 1,
     post: MaskedEpilogue | None = None,
     *,
+    residual: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """Stride-1 convolution at the active positions of ``mask`` only, then the fused epilogue.
 
     Args:
-        x: ``[N, C, H, W]`` input (any strides; channels-last is fastest), float32/float64 (and
-            float16/bfloat16 on CUDA).
+        x: ``[N, C, H, W]`` input, any strides (channels-last is read directly; other layouts only
+            at the positions the convolution reads), float32/float64 (and float16/bfloat16 on
+            CUDA).
         mask: ``[N, H, W]`` bool or float; a position is computed where ``mask > 0``.
         weight: ``[Cout, C, k, k]`` with odd ``k`` (1 or 3 in practice).
         bias: optional ``[Cout]``, added before the epilogue.
         padding: must be ``k // 2`` (the output has the input's spatial size).
         post: optional :class:`MaskedEpilogue` (GroupNorm over each image's active positions, ReLU).
-        impl: ``"auto"`` (dispatch on density and on the extension's availability), or force one of
-            ``"sparse"`` (compiled sparse kernel), ``"torch"`` (pure-PyTorch sparse path) or
-            ``"dense"`` (dense convolution + masked epilogue). Mainly for tests and benchmarks.
+        residual: optional ``[N, Cout, H, W]``; the output becomes ``relu(residual + gate * y)``
+            where ``y`` is the epilogue's output (zero at inactive positions), i.e.
+            ``relu(residual)`` at inactive positions: a gated residual cell in one pass.
+        gate: optional ``[N, G, H, W]`` (needs ``residual``), gate map ``g`` scaling channel
+            group ``g`` of ``y``; default 1.
+        impl: ``"auto"`` (dense above the break-even density, sparse below), or force
+            ``"sparse"`` (compiled sparse kernel), ``"dense"`` (dense convolution + masked
+            epilogue) or ``"torch"`` (the pure-PyTorch sparse path). A test and benchmark hook.
 
     Returns:
         ``[N, Cout, H, W]`` in channels-last memory: the epilogue's output at active positions,
-        exact zeros elsewhere. An image with an empty mask gives all zeros.
+        exact zeros (or ``relu(residual)``) elsewhere.
 
     Raises:
         RuntimeError: when grad mode is on and an input requires grad (training must use the dense
             convolution).
     """
     post = post if post is not None else MaskedEpilogue()
+    if isinstance(x, torch.fx.Proxy):  # torch.fx symbolic tracing: record the operator itself
+        return torch.ops.cvpods.masked_conv2d(
+            x, mask, weight, bias, padding, post.num_groups, post.weight, post.bias, post.eps,
+            post.relu, residual, gate, impl, dense_break_even(torch.device("cpu")),
+        )  # fmt: skip
     _check_inference_only(
-        {"x": x, "weight": weight, "bias": bias, "post.weight": post.weight, "post.bias": post.bias}
-    )
-    _check_args(x, mask, weight, bias, padding, post)
+        {"x": x, "weight": weight, "bias": bias, "post.weight": post.weight, "post.bias": post.bias,
+         "residual": residual, "gate": gate}
+    )  # fmt: skip
+    _check_args(x, mask, weight, bias, padding, post, residual, gate)
+    if impl not in ("auto", "sparse", "dense", "torch"):
+        raise ValueError(f"masked_conv2d: impl must be auto/sparse/torch/dense, got {impl!r}")
+    if impl != "torch" and _uses_extension(x):
+        return torch.ops.cvpods.masked_conv2d(
+            x, mask, weight, bias, padding, post.num_groups, post.weight, post.bias, post.eps,
+            post.relu, residual, gate, impl, dense_break_even(x.device, compiled=True),
+        )  # fmt: skip
+    if impl == "sparse":
+        raise RuntimeError("masked_conv2d(impl='sparse') needs the compiled extension cvpods._C")
+    # The pure-PyTorch paths.
     active_mask = _active_mask(mask)
     cout = weight.shape[0]
-    ext = get_extension()
     if impl == "auto":
         density = active_mask.float().mean().item() if active_mask.numel() else 0.0
         if density == 0.0:
-            return _zeros_like_output(x, cout)
-        compiled = ext is not None and (x.device.type == "cpu" or ext.with_cuda())
-        if density >= dense_break_even(x.device, compiled=compiled):
-            return _dense_then_epilogue(x, active_mask, weight, bias, post, full=density == 1.0)
-        impl = "sparse" if compiled else "torch"
-    if impl == "dense":
-        return _dense_then_epilogue(
-            x, active_mask, weight, bias, post, full=bool(active_mask.all())
-        )
-    if impl == "torch":
-        return _masked_conv2d_torch(x, active_mask, weight, bias, post)
-    if impl == "sparse":
-        if ext is None:
-            raise RuntimeError(
-                "masked_conv2d(impl='sparse') needs the compiled extension cvpods._C"
-            )
-        return ext.masked_conv2d_forward(
-            x, active_mask, weight, bias, padding, post.num_groups, post.weight, post.bias,
-            post.eps, post.relu,
-        )  # fmt: skip
-    raise ValueError(f"masked_conv2d: impl must be auto/sparse/torch/dense, got {impl!r}")
+            out = _zeros_like_output(x, cout)
+        elif density >= dense_break_even(x.device, compiled=False):
+            out = _dense_then_epilogue(x, active_mask, weight, bias, post)
+        else:
+            out = _masked_conv2d_torch(x, active_mask, weight, bias, post)
+    elif impl == "dense":
+        out = _dense_then_epilogue(x, active_mask, weight, bias, post)
+    else:
+        out = _masked_conv2d_torch(x, active_mask, weight, bias, post)
+    return out if residual is None else _gated_residual(out, residual, gate)
 
 
 class MaskedConv2d(nn.Conv2d):

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvpods._extension import get_extension
+
 from .batch_norm import get_norm
 from .depth_cell import DynamicDepthCell, ResidualCell, init_head_layers
-from .spatial_gate import CostCollector, GateCost, SpatialGate, unit_cost
+from .spatial_gate import CostCollector, GateCost, SpatialGate, gate_logits, unit_cost
 
 #: Units per stage: index 0 reads the finer neighbour, index 1 the coarser one.
 NUM_ADJACENT_LEVELS = 2
@@ -61,7 +63,8 @@ def neighbour_sum(
         total: torch.Tensor | float = 0.0
         for unit, source in ((0, l - 1), (1, l + 1)):
             if 0 <= source < len(levels):
-                total = total + resize(unit_output(unit, source), x.shape[-2:])
+                term = resize(unit_output(unit, source), x.shape[-2:])
+                total = term if isinstance(total, float) else total + term
         sums.append(total)
     return sums
 
@@ -107,7 +110,10 @@ def depthwise_unit_cost(unit: nn.Sequential) -> float:
 class GatedDepthwiseUnit(nn.Module):
     """A depthwise unit multiplied by a spatial gate computed from the unit's input.
 
-    It stays dense at inference (it is cheap); only its cost is gated.
+    Its GroupNorm statistics come from the whole map, so the convolution is computed everywhere
+    (it is cheap); only its cost is gated. At inference on CPU the unit, its norm and the gate are
+    one compiled operator (``torch.ops.cvpods.gated_depthwise``) that writes the normalized output
+    only where the gate is open.
     """
 
     def __init__(
@@ -127,7 +133,23 @@ class GatedDepthwiseUnit(nn.Module):
         return unit_cost(gate, depthwise_unit_cost(self.convs), detach_soft=True)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return self.gate.modulate(self.convs(x), gate)
+        """``x [N, C, H, W]``, ``gate [N, G, H, W]`` -> the gated unit output ``[N, C, H, W]``."""
+        conv = self.convs[0]
+        norm = self.convs[1] if len(self.convs) > 1 else None
+        fused = (
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and get_extension() is not None
+            and (norm is None or isinstance(norm, nn.GroupNorm))
+        )
+        if not fused:
+            return self.gate.modulate(self.convs(x), gate)
+        return torch.ops.cvpods.gated_depthwise(
+            x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias,
+            0 if norm is None else norm.num_groups,
+            None if norm is None else norm.weight, None if norm is None else norm.bias,
+            1e-5 if norm is None else norm.eps, gate,
+        )  # fmt: skip
 
 
 class DynamicScaleFusion(nn.Module):
@@ -161,19 +183,29 @@ class DynamicScaleFusion(nn.Module):
         self, levels: list[torch.Tensor], costs: CostCollector | None = None
     ) -> list[torch.Tensor]:
         # Every unit's gate is evaluated (and costed) on every level, as in the release; the unit
-        # itself only where a neighbour reads it.
-        gates = [[unit.gate(x) for x in levels] for unit in self.dynamic_convs]
+        # itself only where a neighbour reads it. The units' gates read the same input: one
+        # convolution per level computes both.
+        units = self.dynamic_convs
+        per_level = [gate_logits([unit.gate for unit in units], x) for x in levels]
+        gates = [[unit.gate(x, logits[i]) for x, logits in zip(levels, per_level)]
+                 for i, unit in enumerate(units)]  # fmt: skip
         if costs is not None:
-            for unit, unit_gates in zip(self.dynamic_convs, gates):
+            for unit, unit_gates in zip(units, gates):
                 for gate in unit_gates:
                     costs.add(unit.cost(gate))
         sums = neighbour_sum(
-            levels, lambda unit, l: self.dynamic_convs[unit](levels[l], gates[unit][l]), self.resize
+            levels, lambda unit, l: units[unit](levels[l], gates[unit][l]), self.resize
         )
-        return [
-            self.depth_module(s * self.scale_weight + x * self.output_weight, costs)
-            for s, x in zip(sums, levels)
-        ]
+        if self.training:
+            fused = [s * self.scale_weight + x * self.output_weight for s, x in zip(sums, levels)]
+        else:  # the same sums, in place on the (fresh) neighbour sums: fewer passes over the maps
+            fused = [
+                x * self.output_weight
+                if isinstance(s, float)  # a level without neighbours (a one-level pyramid)
+                else s.mul_(self.scale_weight).addcmul_(x, self.output_weight)
+                for s, x in zip(sums, levels)
+            ]
+        return [self.depth_module(f, costs) for f in fused]
 
     def cost_per_position(self) -> float:
         unit = depthwise_unit_cost(self.dynamic_convs[0].convs)

@@ -15,11 +15,13 @@ Cost is counted in multiply-accumulates (MACs) per image, three ways:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from cvpods._extension import get_extension
 
 GATE_ACTIVATIONS = ("ReTanH", "GeReTanH", "Sigmoid")
 
@@ -128,8 +130,16 @@ class SpatialGate(nn.Module):
         nn.init.normal_(self.gate_conv.weight, std=0.01)
         nn.init.constant_(self.gate_conv.bias, inverse(INITIAL_GATE_VALUE))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.gate_conv(x))
+    def forward(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate map ``[N, G, H, W]`` of ``x [N, C, H, W]``.
+
+        ``logits``: the gate convolution's output when it was already computed (see
+        :func:`gate_logits`, which computes the gates reading the same input in one pass); the
+        module is still called, so forward hooks see every gate map.
+        """
+        if logits is None:
+            logits = gate_logits([self], x)[0]
+        return self.activate(logits)
 
     def modulate(self, data: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``data [N, C, H, W] * gate [N, G, H, W]``, gate map g scaling channel group g."""
@@ -138,3 +148,36 @@ class SpatialGate(nn.Module):
         if g == 1:
             return data * gate
         return (data.view(n, g, c // g, h, w) * gate.unsqueeze(2)).view(n, c, h, w)
+
+
+def _fast_gate_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the compiled few-output 3x3 convolution applies (inference, CPU, float32)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.shape[-2:] == (3, 3)
+        and get_extension() is not None
+    )
+
+
+def gate_logits(gates: Sequence[SpatialGate], x: torch.Tensor) -> list[torch.Tensor]:
+    """The gate convolutions of several gates that read the same input ``x``, in one pass.
+
+    Returns one ``[N, G_i, H, W]`` logit map per gate. At inference on CPU this is the compiled
+    few-output convolution (``torch.ops.cvpods.gate_conv2d``: the input is read once for all
+    gates, instead of once per gate by a library convolution built for many outputs).
+    """
+    convs = [gate.gate_conv for gate in gates]
+    same_shape = all(
+        (c.kernel_size, c.padding, c.stride) == (convs[0].kernel_size, (1, 1), (1, 1))
+        for c in convs
+    )
+    if not (same_shape and _fast_gate_conv(x, convs[0].weight)):
+        return [conv(x) for conv in convs]
+    weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
+    bias = torch.cat([c.bias for c in convs]) if len(convs) > 1 else convs[0].bias
+    logits = torch.ops.cvpods.gate_conv2d(
+        x.contiguous(memory_format=torch.channels_last), weight, bias
+    )
+    return list(logits.split([c.out_channels for c in convs], dim=1))

@@ -192,6 +192,8 @@ class FCOSDynamicHead(_FCOSPredictors):
 
     def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
         costs = CostCollector()
+        if not self.training:  # the sparse inference path reads and writes channels-last maps
+            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         cls_levels, bbox_levels = list(features), list(features)
         for cls_stage in self.cls_subnet:
             cls_levels = cls_stage(cls_levels, costs)

@@ -1,0 +1,310 @@
+// The gated depthwise unit of the dynamic head's scale fusion, at inference, in two passes:
+//
+//   out = gate * GroupNorm(depthwise_conv3x3(x) + bias)   where any gate map is non-zero,
+//   out = 0                                                elsewhere.
+//
+// GroupNorm takes its statistics over the whole map (the unit is dense; only its output is
+// gated), so pass 1 computes the convolution everywhere and accumulates per-channel sums without
+// storing it; pass 2 computes it again, only where the gate is open, and writes the normalized,
+// gated value (zeros elsewhere). The library path (depthwise convolution, GroupNorm, multiply)
+// makes five passes over 256-channel maps; this one reads the input twice and writes once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "masked_conv.h"
+
+namespace cvpods {
+
+// Row kernels. Layouts: x and out are channels-last [N, H, W, C]; w9 is the weight as [9][C]
+// (tap-major); gate is [N, G, H, W] contiguous; C / G is a multiple of 16 (the caller checks).
+namespace portable {
+
+// Accumulates, for image n and row y, the per-channel sum and sum of squares of
+// y = depthwise_conv3x3(x) + bias over the row's positions (float within the row, double across).
+inline void dw_row_stats(const float* x, const float* w9, const float* bias, int64_t h, int64_t w,
+                         int64_t c, int64_t n, int64_t y, float* row_sum, float* row_sq,
+                         double* sum, double* sq) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    row_sum[ch] = 0.f;
+    row_sq[ch] = 0.f;
+  }
+  for (int64_t xx = 0; xx < w; ++xx) {
+    // 16 channels at a time, accumulated in registers over the 9 taps.
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      float a[16];
+      for (int l = 0; l < 16; ++l) a[l] = bias ? bias[c0 + l] : 0.f;
+      for (int64_t ky = 0; ky < 3; ++ky) {
+        const int64_t yy = y + ky - 1;
+        if (yy < 0 || yy >= h) continue;
+        for (int64_t kx = 0; kx < 3; ++kx) {
+          const int64_t x2 = xx + kx - 1;
+          if (x2 < 0 || x2 >= w) continue;
+          const float* src = x + ((n * h + yy) * w + x2) * c + c0;
+          const float* tap = w9 + (ky * 3 + kx) * c + c0;
+          for (int l = 0; l < 16; ++l) a[l] += src[l] * tap[l];
+        }
+      }
+      for (int l = 0; l < 16; ++l) {
+        row_sum[c0 + l] += a[l];
+        row_sq[c0 + l] += a[l] * a[l];
+      }
+    }
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    sum[ch] += row_sum[ch];
+    sq[ch] += row_sq[ch];
+  }
+}
+
+// Writes row y of image n: gate * (conv * scale + shift) where any gate map is non-zero, zeros
+// elsewhere. scale / shift: [C] for this image (the GroupNorm affine folded in).
+inline void dw_row_output(const float* x, const float* w9, const float* bias, const float* scale,
+                          const float* shift, const float* gate, int64_t gate_maps, int64_t h,
+                          int64_t w, int64_t c, int64_t n, int64_t y, float* out) {
+  const int64_t hw = h * w;
+  const int64_t per_map = c / gate_maps;
+  for (int64_t xx = 0; xx < w; ++xx) {
+    float* o = out + ((n * h + y) * w + xx) * c;
+    const float* g = gate + n * gate_maps * hw + y * w + xx;
+    bool open = false;
+    for (int64_t m = 0; m < gate_maps; ++m) open = open || g[m * hw] != 0.f;
+    if (!open) {
+      for (int64_t ch = 0; ch < c; ++ch) o[ch] = 0.f;
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      float a[16];
+      for (int l = 0; l < 16; ++l) a[l] = bias ? bias[c0 + l] : 0.f;
+      for (int64_t ky = 0; ky < 3; ++ky) {
+        const int64_t yy = y + ky - 1;
+        if (yy < 0 || yy >= h) continue;
+        for (int64_t kx = 0; kx < 3; ++kx) {
+          const int64_t x2 = xx + kx - 1;
+          if (x2 < 0 || x2 >= w) continue;
+          const float* src = x + ((n * h + yy) * w + x2) * c + c0;
+          const float* tap = w9 + (ky * 3 + kx) * c + c0;
+          for (int l = 0; l < 16; ++l) a[l] += src[l] * tap[l];
+        }
+      }
+      // per_map is a multiple of 16 (checked by the caller): one gate value per 16 channels.
+      const float gv = g[(c0 / per_map) * hw];
+      for (int l = 0; l < 16; ++l) o[c0 + l] = (a[l] * scale[c0 + l] + shift[c0 + l]) * gv;
+    }
+  }
+}
+
+}  // namespace portable
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CVPODS_HAVE_AVX2_DW 1
+namespace avx2 {
+
+// The same two kernels with AVX2 + FMA: 8 channels per vector, the 9 taps accumulated in a
+// register, two vectors (16 channels) per step.
+__attribute__((target("avx2,fma"))) inline void conv16(const float* x, const float* w9,
+                                                      const float* bias, int64_t h, int64_t w,
+                                                      int64_t c, int64_t n, int64_t y, int64_t xx,
+                                                      int64_t c0, __m256& lo, __m256& hi) {
+  lo = bias ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
+  hi = bias ? _mm256_loadu_ps(bias + c0 + 8) : _mm256_setzero_ps();
+  for (int64_t ky = 0; ky < 3; ++ky) {
+    const int64_t yy = y + ky - 1;
+    if (yy < 0 || yy >= h) continue;
+    for (int64_t kx = 0; kx < 3; ++kx) {
+      const int64_t x2 = xx + kx - 1;
+      if (x2 < 0 || x2 >= w) continue;
+      const float* src = x + ((n * h + yy) * w + x2) * c + c0;
+      const float* tap = w9 + (ky * 3 + kx) * c + c0;
+      lo = _mm256_fmadd_ps(_mm256_loadu_ps(src), _mm256_loadu_ps(tap), lo);
+      hi = _mm256_fmadd_ps(_mm256_loadu_ps(src + 8), _mm256_loadu_ps(tap + 8), hi);
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dw_row_stats(const float* x, const float* w9,
+                                                      const float* bias, int64_t h, int64_t w,
+                                                      int64_t c, int64_t n, int64_t y,
+                                                      float* row_sum, float* row_sq, double* sum,
+                                                      double* sq) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    row_sum[ch] = 0.f;
+    row_sq[ch] = 0.f;
+  }
+  for (int64_t xx = 0; xx < w; ++xx) {
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      __m256 lo, hi;
+      conv16(x, w9, bias, h, w, c, n, y, xx, c0, lo, hi);
+      _mm256_storeu_ps(row_sum + c0, _mm256_add_ps(_mm256_loadu_ps(row_sum + c0), lo));
+      _mm256_storeu_ps(row_sum + c0 + 8, _mm256_add_ps(_mm256_loadu_ps(row_sum + c0 + 8), hi));
+      _mm256_storeu_ps(row_sq + c0, _mm256_fmadd_ps(lo, lo, _mm256_loadu_ps(row_sq + c0)));
+      _mm256_storeu_ps(row_sq + c0 + 8,
+                       _mm256_fmadd_ps(hi, hi, _mm256_loadu_ps(row_sq + c0 + 8)));
+    }
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    sum[ch] += row_sum[ch];
+    sq[ch] += row_sq[ch];
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dw_row_output(const float* x, const float* w9,
+                                                       const float* bias, const float* scale,
+                                                       const float* shift, const float* gate,
+                                                       int64_t gate_maps, int64_t h, int64_t w,
+                                                       int64_t c, int64_t n, int64_t y,
+                                                       float* out) {
+  const int64_t hw = h * w;
+  const int64_t per_map = c / gate_maps;
+  for (int64_t xx = 0; xx < w; ++xx) {
+    float* o = out + ((n * h + y) * w + xx) * c;
+    const float* g = gate + n * gate_maps * hw + y * w + xx;
+    bool open = false;
+    for (int64_t m = 0; m < gate_maps; ++m) open = open || g[m * hw] != 0.f;
+    if (!open) {
+      for (int64_t c0 = 0; c0 < c; c0 += 8) _mm256_storeu_ps(o + c0, _mm256_setzero_ps());
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      __m256 lo, hi;
+      conv16(x, w9, bias, h, w, c, n, y, xx, c0, lo, hi);
+      const __m256 gv = _mm256_set1_ps(g[(c0 / per_map) * hw]);
+      lo = _mm256_fmadd_ps(lo, _mm256_loadu_ps(scale + c0), _mm256_loadu_ps(shift + c0));
+      hi = _mm256_fmadd_ps(hi, _mm256_loadu_ps(scale + c0 + 8), _mm256_loadu_ps(shift + c0 + 8));
+      _mm256_storeu_ps(o + c0, _mm256_mul_ps(lo, gv));
+      _mm256_storeu_ps(o + c0 + 8, _mm256_mul_ps(hi, gv));
+    }
+  }
+}
+
+}  // namespace avx2
+#endif
+
+namespace {
+
+bool use_avx2_kernels() {
+#ifdef CVPODS_HAVE_AVX2_DW
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+at::Tensor gated_depthwise_library(const at::Tensor& x, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, int64_t num_groups,
+                                   const std::optional<at::Tensor>& gn_weight,
+                                   const std::optional<at::Tensor>& gn_bias, double eps,
+                                   const at::Tensor& gate) {
+  at::Tensor y = at::conv2d(x, weight, bias, {1, 1}, {1, 1}, {1, 1}, x.size(1));
+  if (num_groups > 0) y = at::group_norm(y, num_groups, gn_weight, gn_bias, eps);
+  const int64_t n = y.size(0), c = y.size(1), h = y.size(2), w = y.size(3);
+  const int64_t maps = gate.size(1);
+  return (y.reshape({n, maps, c / maps, h, w}) * gate.unsqueeze(2))
+      .view({n, c, h, w})
+      .contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t num_groups,
+                               const std::optional<at::Tensor>& gn_weight,
+                               const std::optional<at::Tensor>& gn_bias, double eps,
+                               const at::Tensor& gate) {
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(0) == x.size(1) &&
+                  weight.size(1) == 1 && weight.size(2) == 3 && weight.size(3) == 3,
+              "gated_depthwise: expects x [N, C, H, W] and a depthwise weight [C, 1, 3, 3], got ",
+              x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(gate.dim() == 4 && gate.size(0) == x.size(0) && x.size(1) % gate.size(1) == 0 &&
+                  gate.size(2) == x.size(2) && gate.size(3) == x.size(3),
+              "gated_depthwise: gate must be [N, G, H, W] with G dividing C=", x.size(1),
+              ", got ", gate.sizes());
+  TORCH_CHECK(num_groups == 0 || x.size(1) % num_groups == 0, "gated_depthwise: num_groups ",
+              num_groups, " must divide C=", x.size(1));
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+      n * h * w == 0 || (c / gate.size(1)) % 16 != 0) {
+    return gated_depthwise_library(x, weight, bias, num_groups, gn_weight, gn_bias, eps, gate);
+  }
+  const at::Tensor w9 = weight.reshape({c, 9}).t().contiguous().to(at::kFloat);
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor g = gate.to(at::kFloat).contiguous();
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w9.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const bool fast = use_avx2_kernels();
+  const int64_t threads = at::get_num_threads();
+
+  // Pass 1: per image and channel, sum and sum of squares of the convolution output.
+  std::vector<float> scale(n * c, 1.f), shift(n * c, 0.f);
+  if (num_groups > 0) {
+    std::vector<double> partial(threads * n * c * 2, 0.0);
+    at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> row_sum(c), row_sq(c);
+      double* mine = partial.data() + at::get_thread_num() * n * c * 2;
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t image = row / h, y = row % h;
+        double* sum = mine + image * c * 2;
+#ifdef CVPODS_HAVE_AVX2_DW
+        auto kernel = fast ? &avx2::dw_row_stats : &portable::dw_row_stats;
+#else
+        auto kernel = &portable::dw_row_stats;
+#endif
+        kernel(xp, wp, bp, h, w, c, image, y, row_sum.data(), row_sq.data(), sum, sum + c);
+      }
+    });
+    const at::Tensor gw = gn_weight.has_value() ? gn_weight->to(at::kDouble) : at::ones({c}, at::kDouble);
+    const at::Tensor gb = gn_bias.has_value() ? gn_bias->to(at::kDouble) : at::zeros({c}, at::kDouble);
+    const double* gwp = gw.data_ptr<double>();
+    const double* gbp = gb.data_ptr<double>();
+    const int64_t per_group = c / num_groups;
+    const double count = static_cast<double>(h * w * per_group);
+    for (int64_t image = 0; image < n; ++image) {
+      for (int64_t grp = 0; grp < num_groups; ++grp) {
+        double s = 0, ss = 0;
+        for (int64_t t = 0; t < threads; ++t) {
+          const double* p = partial.data() + (t * n + image) * c * 2;
+          for (int64_t ch = grp * per_group; ch < (grp + 1) * per_group; ++ch) {
+            s += p[ch];
+            ss += p[c + ch];
+          }
+        }
+        const double mean = s / count;
+        const double rstd = 1.0 / std::sqrt(std::max(ss / count - mean * mean, 0.0) + eps);
+        for (int64_t ch = grp * per_group; ch < (grp + 1) * per_group; ++ch) {
+          const double sc = rstd * gwp[ch];
+          scale[image * c + ch] = static_cast<float>(sc);
+          shift[image * c + ch] = static_cast<float>(gbp[ch] - mean * sc);
+        }
+      }
+    }
+  }
+
+  // Pass 2: the normalized, gated output where a gate is open, zeros elsewhere.
+  at::Tensor out = at::empty({n, c, h, w}, x.options(), at::MemoryFormat::ChannelsLast);
+  float* op = out.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const int64_t maps = g.size(1);
+  at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t image = row / h, y = row % h;
+#ifdef CVPODS_HAVE_AVX2_DW
+      auto kernel = fast ? &avx2::dw_row_output : &portable::dw_row_output;
+#else
+      auto kernel = &portable::dw_row_output;
+#endif
+      kernel(xp, wp, bp, scale.data() + image * c, shift.data() + image * c, gp, maps, h, w, c,
+             image, y, op);
+    }
+  });
+  return out;
+}
+
+}  // namespace cvpods

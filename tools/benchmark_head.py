@@ -15,7 +15,8 @@ channels-last layouts; the dynamic head gets NCHW features and converts them its
 ``--images`` images of each experiment's first test dataset, for experiment folders that hold a
 trained checkpoint (``OUTPUT_DIR/last_checkpoint``), with the dynamic heads' real gates: e.g. the
 embedded-data experiments ``shapes.res18.dynamic.d4.lambda-0_1``, ``shapes.res18.fix.d4`` and
-``shapes.res18.fcos`` after ``cvpods_train``. Folders without a checkpoint are listed as skipped.
+``shapes.res18.fcos`` after ``cvpods_train``. Folders without a checkpoint are listed as skipped
+(with ``--static-untrained``, static heads are timed from their initial weights instead).
 
 Examples::
 
@@ -175,13 +176,16 @@ def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     for folder in args.trained:
         cfg, build_model = load_experiment(str(folder))
         prepare_config(cfg, str(folder), ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", 0])
+        model = build_model(cfg).eval()
         try:
             weights = find_weights_to_test(cfg, str(folder), [])
-        except Exception as error:  # no checkpoint yet: say so, go on with the others
-            print(f"| {folder.name} | skipped: {str(error).split(';')[0]} | | | |")
-            continue
-        model = build_model(cfg).eval()
-        DetectionCheckpointer(model, save_to_disk=False).load(weights, checkpointables=[])
+        except Exception as error:  # no checkpoint yet
+            if isinstance(model.head, FCOSDynamicHead) or not args.static_untrained:
+                print(f"| {folder.name} | skipped: {str(error).split(';')[0]} | | | |")
+                continue
+            weights = None  # a static head's time does not depend on its weights
+        if weights is not None:
+            DetectionCheckpointer(model, save_to_disk=False).load(weights, checkpointables=[])
         loader = DefaultTrainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
         times, used, full = [], [], []
         with torch.no_grad():
@@ -201,7 +205,7 @@ def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
                     divisibility = model.backbone.size_divisibility
                     used.append(values[-1])
                     full.append(head_full_cost(model.head, size, divisibility) / MACS_PER_GFLOP)
-        head = type(model.head).__name__
+        head = type(model.head).__name__ + ("" if weights else " (initial weights)")
         used_text = f"{np.mean(used):.3f}" if used else "(dense)"
         ratio_text = f"{np.mean(used) / np.mean(full):.2f}" if used and np.mean(full) else "-"
         print(
@@ -237,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         help="experiment folders with trained checkpoints: whole-model time per image",
     )  # fmt: skip
     parser.add_argument("--images", type=int, default=50, help="test images per trained model")
+    parser.add_argument(
+        "--static-untrained",
+        action="store_true",
+        help="time experiments with static heads (fixed, FCOS) from their initial weights when "
+        "they have no checkpoint (their time does not depend on the weights)",
+    )
     args = parser.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1")

@@ -4,15 +4,15 @@
 For each FPN map size and mask density it times, interleaved and on the same input:
 
 * ``masked``: :func:`cvpods.layers.masked_conv.masked_conv2d` as the dynamic head calls it (the
-  dispatcher: sparse kernel below the break-even density, dense + masked epilogue above),
+  dispatcher: sparse kernel below the break-even density, dense + masked epilogue above), on a
+  channels-last input, and ``masked NCHW``: the same on an ordinary contiguous input,
 * ``sparse``: the sparse kernel forced at every density (the compiled one when available, else the
   pure-PyTorch fallback),
 * ``dense``: ``F.conv2d`` + ``F.group_norm`` + ReLU over the whole map, in channels-last and in
   contiguous memory, keeping the faster of the two,
 
-with the head's layer: 256 -> 256 channels, 3x3, no bias, GroupNorm(32) + ReLU. The masked input is
-channels-last (the layout the masked convolution returns, so what a chain of them sees). Every
-number is the median over ``--repeats`` rounds. Examples::
+with the head's layer: 256 -> 256 channels, 3x3, no bias, GroupNorm(32) + ReLU. Every number is
+the median over ``--repeats`` rounds. Examples::
 
     python tools/benchmark_masked_conv.py --threads 2 --repeats 7
     python tools/benchmark_masked_conv.py --threads 1 --clock cpu   # robust on shared cores
@@ -131,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         f"dense break-even: {dense_break_even(torch.device('cpu'), get_extension() is not None)}, "
         f"repeats: {args.repeats}, clock: {args.clock}"
     )
-    print("| map | HxW | mask | density | masked ms | sparse ms | dense ms (best) | masked/dense |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| map | HxW | mask | density | masked ms | sparse ms | dense ms (best) | masked/dense "
+        "| masked NCHW/dense |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     with torch.no_grad():
         for size in args.sizes:
             h, w = MAP_SIZES[size]
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                         "masked": lambda m=mask, xi=x_cl: masked_conv2d(
                             xi, m, weight, None, 1, post
                         ),
+                        "masked_nchw": lambda m=mask, xi=x: masked_conv2d(
+                            xi, m, weight, None, 1, post
+                        ),
                         "sparse": lambda m=mask, xi=x_cl: masked_conv2d(
                             xi, m, weight, None, 1, post, impl=sparse_impl
                         ),
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     actual = mask.float().mean().item()
                     print(
                         f"| {size} | {h}x{w} | {kind} | {actual:.3f} | {ms['masked']:.1f} | "
-                        f"{ms['sparse']:.1f} | {dense:.1f} | {ms['masked'] / dense:.2f} |",
+                        f"{ms['sparse']:.1f} | {dense:.1f} | {ms['masked'] / dense:.2f} | "
+                        f"{ms['masked_nchw'] / dense:.2f} |",
                         flush=True,
                     )
     return 0

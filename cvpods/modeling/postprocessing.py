@@ -1,8 +1,39 @@
-"""Map predictions from the network's input resolution to the requested output resolution."""
+"""Between the network and the user: normalising and padding the input images, and mapping
+predictions from the network's input resolution to the requested output resolution."""
 
 from __future__ import annotations
 
-from ..structures import Instances
+import torch
+
+from ..structures import ImageList, Instances
+
+
+def normalize_and_pad(
+    batched_inputs: list[dict],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    size_divisibility: int,
+    device: torch.device,
+) -> ImageList:
+    """``(image - mean) / std`` for each ``batched_inputs[i]["image"]`` ``[3, H, W]``, padded to a
+    batch whose sides are multiples of ``size_divisibility``."""
+    images = [
+        (x["image"].to(device, torch.float32) - pixel_mean) / pixel_std for x in batched_inputs
+    ]
+    return ImageList.from_tensors(images, size_divisibility)
+
+
+def postprocess_batch(
+    results: list[Instances], batched_inputs: list[dict], image_sizes: list[tuple[int, int]]
+) -> list[dict]:
+    """``[{"instances": ...}]`` rescaled to each input's requested ``height`` / ``width`` (default:
+    the size the network saw)."""
+    processed = []
+    for result, inputs, image_size in zip(results, batched_inputs, image_sizes):
+        height = inputs.get("height", image_size[0])
+        width = inputs.get("width", image_size[1])
+        processed.append({"instances": detector_postprocess(result, height, width)})
+    return processed
 
 
 def detector_postprocess(results: Instances, output_height: int, output_width: int) -> Instances:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "put_scalar_if_recording",
     "CommonMetricPrinter",
     "EventStorage",
     "EventWriter",
@@ -42,6 +43,15 @@ _STORAGE_STACK: list[EventStorage] = []
 
 class NoEventStorageError(RuntimeError, AssertionError):
     """get_event_storage() outside a storage (an AssertionError in cvpods, hence both)."""
+
+
+def put_scalar_if_recording(name: str, value: float) -> None:
+    """Log a training scalar to the active event storage, if there is one (else do nothing)."""
+    try:
+        storage = get_event_storage()
+    except RuntimeError:  # not inside a trainer
+        return
+    storage.put_scalar(name, value)
 
 
 def get_event_storage() -> EventStorage:

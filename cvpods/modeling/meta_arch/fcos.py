@@ -21,11 +21,11 @@ from torchvision.ops import batched_nms, sigmoid_focal_loss
 from ...layers import ShapeSpec
 from ...structures import Boxes, ImageList, Instances
 from ...utils import comm
-from ...utils.events import get_event_storage
+from ...utils.events import put_scalar_if_recording
 from ..backbone import Backbone, build_retinanet_resnet_fpn_backbone
 from ..box_regression import Shift2BoxTransform
 from ..losses import iou_loss
-from ..postprocessing import detector_postprocess
+from ..postprocessing import normalize_and_pad, postprocess_batch
 from ..shift_generator import ShiftGenerator
 from .fcos_heads import FCOSDynamicHead, FCOSHead, FCOSHeadOutputs
 from .head_complexity import HeadComplexityMeter
@@ -124,20 +124,14 @@ class FCOS(nn.Module):
         if outputs.cost is not None and self.head_complexity is not None:
             self.head_complexity.update(outputs.cost.used)
         results = self.inference(outputs, shifts, images.image_sizes)
-        processed = []
-        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
+        return postprocess_batch(results, batched_inputs, images.image_sizes)
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise each image and pad the batch to the backbone's size divisibility."""
-        images = [
-            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalize_and_pad(
+            batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility,
+            self.device,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
@@ -276,7 +270,7 @@ class FCOS(nn.Module):
 
         cost = outputs.cost
         if cost is not None:
-            _put_scalar("complexity_ratio", (cost.used / cost.full).mean().item())
+            put_scalar_if_recording("complexity_ratio", (cost.used / cost.full).mean().item())
             if self.budget_loss_lambda != 0:
                 losses["loss_budget"] = (cost.soft / cost.full).mean() * self.budget_loss_lambda
         return losses
@@ -338,12 +332,3 @@ class FCOS(nn.Module):
             scores=scores[keep],
             pred_classes=classes[keep],
         )
-
-
-def _put_scalar(name: str, value: float) -> None:
-    """Log a training scalar to the active event storage, if there is one."""
-    try:
-        storage = get_event_storage()
-    except RuntimeError:  # not inside a trainer
-        return
-    storage.put_scalar(name, value)

@@ -8,7 +8,7 @@ from torch import nn
 from ...layers import ShapeSpec
 from ...structures import ImageList, Instances
 from ..backbone import Backbone, build_resnet_fpn_backbone
-from ..postprocessing import detector_postprocess
+from ..postprocessing import normalize_and_pad, postprocess_batch
 from ..proposal_generator import RPN, DynamicRPNHead
 from ..roi_heads import StandardROIHeads
 from .head_complexity import HeadComplexityMeter
@@ -82,20 +82,14 @@ class GeneralizedRCNN(nn.Module):
         results, _ = self.roi_heads(images, features, proposals, None)
         if not do_postprocess:
             return results
-        processed = []
-        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
+        return postprocess_batch(results, batched_inputs, images.image_sizes)
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise each image and pad the batch to the backbone's size divisibility."""
-        images = [
-            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalize_and_pad(
+            batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility,
+            self.device,
+        )  # fmt: skip
 
 
 __all__ = ["GeneralizedRCNN", "Instances"]

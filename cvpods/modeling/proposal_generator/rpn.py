@@ -10,7 +10,7 @@ from torch import nn
 
 from ...layers import ShapeSpec
 from ...structures import Boxes, ImageList, Instances
-from ...utils.events import get_event_storage
+from ...utils.events import put_scalar_if_recording
 from ..anchor_generator import DefaultAnchorGenerator
 from ..box_regression import Box2BoxTransform
 from ..matcher import Matcher
@@ -87,7 +87,9 @@ class RPN(nn.Module):
             losses = self.losses(anchors, pred_objectness, pred_deltas, gt_instances, images)
             cost = outputs.cost
             if cost is not None:
-                _put_scalar("rpn_complexity_ratio", (cost.used / cost.full).mean().item())
+                put_scalar_if_recording(
+                    "rpn_complexity_ratio", (cost.used / cost.full).mean().item()
+                )
                 if self.budget_loss_lambda != 0:
                     losses["loss_budget"] = (cost.soft / cost.full).mean() * self.budget_loss_lambda
 
@@ -130,12 +132,3 @@ class RPN(nn.Module):
             normalizer=float(self.batch_size_per_image * num_images),
         )
         return {k: v * self.loss_weight for k, v in losses.items()}
-
-
-def _put_scalar(name: str, value: float) -> None:
-    """Log a training scalar to the active event storage, if there is one."""
-    try:
-        storage = get_event_storage()
-    except RuntimeError:  # not inside a trainer
-        return
-    storage.put_scalar(name, value)

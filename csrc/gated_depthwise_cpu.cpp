@@ -26,6 +26,23 @@ namespace cvpods {
 // (tap-major); gate is [N, G, H, W] contiguous; C / G is a multiple of 16 (the caller checks).
 namespace portable {
 
+// Channels c0 .. c0 + 15 of the convolution (plus bias) at position (y, xx) of image n.
+inline void conv16(const float* x, const float* w9, const float* bias, int64_t h, int64_t w,
+                   int64_t c, int64_t n, int64_t y, int64_t xx, int64_t c0, float* a) {
+  for (int l = 0; l < 16; ++l) a[l] = bias ? bias[c0 + l] : 0.f;
+  for (int64_t ky = 0; ky < 3; ++ky) {
+    const int64_t yy = y + ky - 1;
+    if (yy < 0 || yy >= h) continue;
+    for (int64_t kx = 0; kx < 3; ++kx) {
+      const int64_t x2 = xx + kx - 1;
+      if (x2 < 0 || x2 >= w) continue;
+      const float* src = x + ((n * h + yy) * w + x2) * c + c0;
+      const float* tap = w9 + (ky * 3 + kx) * c + c0;
+      for (int l = 0; l < 16; ++l) a[l] += src[l] * tap[l];
+    }
+  }
+}
+
 // Accumulates, for image n and row y, the per-channel sum and sum of squares of
 // y = depthwise_conv3x3(x) + bias over the row's positions (float within the row, double across).
 inline void dw_row_stats(const float* x, const float* w9, const float* bias, int64_t h, int64_t w,
@@ -36,21 +53,9 @@ inline void dw_row_stats(const float* x, const float* w9, const float* bias, int
     row_sq[ch] = 0.f;
   }
   for (int64_t xx = 0; xx < w; ++xx) {
-    // 16 channels at a time, accumulated in registers over the 9 taps.
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
       float a[16];
-      for (int l = 0; l < 16; ++l) a[l] = bias ? bias[c0 + l] : 0.f;
-      for (int64_t ky = 0; ky < 3; ++ky) {
-        const int64_t yy = y + ky - 1;
-        if (yy < 0 || yy >= h) continue;
-        for (int64_t kx = 0; kx < 3; ++kx) {
-          const int64_t x2 = xx + kx - 1;
-          if (x2 < 0 || x2 >= w) continue;
-          const float* src = x + ((n * h + yy) * w + x2) * c + c0;
-          const float* tap = w9 + (ky * 3 + kx) * c + c0;
-          for (int l = 0; l < 16; ++l) a[l] += src[l] * tap[l];
-        }
-      }
+      conv16(x, w9, bias, h, w, c, n, y, xx, c0, a);
       for (int l = 0; l < 16; ++l) {
         row_sum[c0 + l] += a[l];
         row_sq[c0 + l] += a[l] * a[l];
@@ -81,18 +86,7 @@ inline void dw_row_output(const float* x, const float* w9, const float* bias, co
     }
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
       float a[16];
-      for (int l = 0; l < 16; ++l) a[l] = bias ? bias[c0 + l] : 0.f;
-      for (int64_t ky = 0; ky < 3; ++ky) {
-        const int64_t yy = y + ky - 1;
-        if (yy < 0 || yy >= h) continue;
-        for (int64_t kx = 0; kx < 3; ++kx) {
-          const int64_t x2 = xx + kx - 1;
-          if (x2 < 0 || x2 >= w) continue;
-          const float* src = x + ((n * h + yy) * w + x2) * c + c0;
-          const float* tap = w9 + (ky * 3 + kx) * c + c0;
-          for (int l = 0; l < 16; ++l) a[l] += src[l] * tap[l];
-        }
-      }
+      conv16(x, w9, bias, h, w, c, n, y, xx, c0, a);
       // per_map is a multiple of 16 (checked by the caller): one gate value per 16 channels.
       const float gv = g[(c0 / per_map) * hw];
       for (int l = 0; l < 16; ++l) o[c0 + l] = (a[l] * scale[c0 + l] + shift[c0 + l]) * gv;

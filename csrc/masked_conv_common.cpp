@@ -205,34 +205,6 @@ at::Tensor gate_conv2d_library(const at::Tensor& x, const at::Tensor& weight,
 }
 #endif
 
-at::Tensor masked_epilogue(at::Tensor y, const at::Tensor& mask, int64_t num_groups,
-                           const std::optional<at::Tensor>& gn_weight,
-                           const std::optional<at::Tensor>& gn_bias, double eps, bool relu) {
-  const Epilogue post = make_epilogue(num_groups, gn_weight, gn_bias, eps, relu);
-  TORCH_CHECK(y.dim() == 4, "masked_epilogue_: y must be [N, C, H, W], got ", y.sizes());
-  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == y.size(0) && mask.size(1) == y.size(2) &&
-                  mask.size(2) == y.size(3),
-              "masked_epilogue_: mask must be [N, H, W] matching y ", y.sizes(), ", got ",
-              mask.sizes());
-  TORCH_CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "masked_epilogue_: y must be channels-last contiguous (the output of a channels-last "
-              "convolution)");
-  TORCH_CHECK(mask.device() == y.device(), "masked_epilogue_: mask on ", mask.device(),
-              " but y on ", y.device());
-  check_epilogue(post, y.size(1), y);
-  at::NoGradGuard no_grad;
-  if (y.is_cuda()) {
-#ifdef WITH_CUDA
-    masked_epilogue_cuda(y, mask, post);
-    return y;
-#else
-    no_cuda("masked_epilogue_");
-#endif
-  }
-  masked_epilogue_cpu(y, mask, post);
-  return y;
-}
-
 std::tuple<at::Tensor, at::Tensor> gather_active_columns(const at::Tensor& x, const at::Tensor& mask,
                                                          int64_t kernel, int64_t padding) {
   TORCH_CHECK(x.dim() == 4, "gather_active_columns: x must be [N, C, H, W], got ", x.sizes());
@@ -310,11 +282,6 @@ TORCH_LIBRARY_IMPL(cvpods, CUDA, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cvpods C++/CUDA operators: masked (sparse-position) convolution for inference";
-  m.def("masked_epilogue_", &cvpods::masked_epilogue,
-        "In place on a channels-last [N, C, H, W] tensor: zero the inactive positions, GroupNorm "
-        "(statistics over each image's active positions) then ReLU at the active ones.",
-        py::arg("y"), py::arg("mask"), py::arg("num_groups"), py::arg("gn_weight"),
-        py::arg("gn_bias"), py::arg("eps"), py::arg("relu"));
   m.def("gather_active_columns", &cvpods::gather_active_columns,
         "Columns [P, k*k*C] (tap-major, channel-minor; zeros outside the image) of the P active "
         "positions, and their flat indices [P].",

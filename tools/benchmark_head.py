@@ -164,7 +164,12 @@ def forced_gate_table(args: argparse.Namespace, clock: Callable[[], float]) -> N
 def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     from cvpods.checkpoint import DetectionCheckpointer
     from cvpods.engine import DefaultTrainer
-    from cvpods.engine.launcher import find_weights_to_test, load_experiment, prepare_config
+    from cvpods.engine.launcher import (
+        ExperimentError,
+        find_weights_to_test,
+        load_experiment,
+        prepare_config,
+    )
     from cvpods.modeling.meta_arch.head_complexity import MACS_PER_GFLOP, head_full_cost
 
     print(
@@ -179,9 +184,11 @@ def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
         model = build_model(cfg).eval()
         try:
             weights = find_weights_to_test(cfg, str(folder), [])
-        except Exception as error:  # no checkpoint yet
+        except ExperimentError:  # no checkpoint yet
             if isinstance(model.head, FCOSDynamicHead) or not args.static_untrained:
-                print(f"| {folder.name} | skipped: {str(error).split(';')[0]} | | | |")
+                print(
+                    f"| {folder.name} | skipped: no checkpoint (train it with cvpods_train) | | | |"
+                )
                 continue
             weights = None  # a static head's time does not depend on its weights
         if weights is not None:

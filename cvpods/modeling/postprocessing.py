@@ -3,9 +3,23 @@ predictions from the network's input resolution to the requested output resoluti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from ..structures import ImageList, Instances
+
+
+def register_pixel_normalization(
+    module: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float]
+) -> None:
+    """Give ``module`` the non-persistent buffers ``pixel_mean`` / ``pixel_std`` ``[C, 1, 1]``
+    (MODEL.PIXEL_MEAN / PIXEL_STD) that :func:`normalize_and_pad` uses."""
+    if len(pixel_mean) != len(pixel_std):
+        raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
+    module.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+    module.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
 
 def normalize_and_pad(

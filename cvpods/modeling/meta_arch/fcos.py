@@ -25,7 +25,7 @@ from ...utils.events import put_scalar_if_recording
 from ..backbone import Backbone, build_retinanet_resnet_fpn_backbone
 from ..box_regression import Shift2BoxTransform
 from ..losses import iou_loss
-from ..postprocessing import normalize_and_pad, postprocess_batch
+from ..postprocessing import normalize_and_pad, postprocess_batch, register_pixel_normalization
 from ..shift_generator import ShiftGenerator
 from .fcos_heads import FCOSDynamicHead, FCOSHead, FCOSHeadOutputs
 from .head_complexity import HeadComplexityMeter
@@ -94,14 +94,7 @@ class FCOS(nn.Module):
         self.is_dynamic_head = isinstance(self.head, FCOSDynamicHead)
         self.head_complexity = HeadComplexityMeter() if self.is_dynamic_head else None
 
-        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
-        self.register_buffer(
-            "pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False
-        )
+        register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
         self.to(self.device)
 
     # ------------------------------------------------------------------ forward

@@ -8,7 +8,7 @@ from torch import nn
 from ...layers import ShapeSpec
 from ...structures import ImageList, Instances
 from ..backbone import Backbone, build_resnet_fpn_backbone
-from ..postprocessing import normalize_and_pad, postprocess_batch
+from ..postprocessing import normalize_and_pad, postprocess_batch, register_pixel_normalization
 from ..proposal_generator import RPN, DynamicRPNHead
 from ..roi_heads import StandardROIHeads
 from .head_complexity import HeadComplexityMeter
@@ -40,14 +40,7 @@ class GeneralizedRCNN(nn.Module):
         self.is_dynamic_head = isinstance(self.proposal_generator.rpn_head, DynamicRPNHead)
         self.head_complexity = HeadComplexityMeter() if self.is_dynamic_head else None
 
-        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
-        self.register_buffer(
-            "pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), persistent=False
-        )
+        register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
         self.to(self.device)
 
     @property

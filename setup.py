@@ -99,7 +99,8 @@ setup(
         "tqdm",
         "tabulate",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    # matplotlib: tools/plot_results.py (its tests run in the dev install too).
+    extras_require={"dev": ["pytest", "ruff", "matplotlib"], "plot": ["matplotlib"]},
     ext_modules=get_extensions(),
     cmdclass=_cmdclass(),
     entry_points={

@@ -161,7 +161,22 @@ def forced_gate_table(args: argparse.Namespace, clock: Callable[[], float]) -> N
             handle.remove()
 
 
-def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
+def measure_trained(
+    folder: Path,
+    images: int,
+    clock: Callable[[], float],
+    static_untrained: bool = False,
+    cfg=None,
+) -> dict | None:
+    """Whole-model eval time per image of the experiment in ``folder``, with its trained weights.
+
+    The model (built from ``cfg``, default the folder's config.py) loads the checkpoint that
+    ``cvpods_test`` evaluates and runs, batch 1 and on the CPU, over the first ``images`` + 1
+    images of its first test dataset; the first image is a warm-up and not timed. Returns
+    ``{"head", "weights", "ms_per_image", "images", "used_gflops", "full_gflops"}`` (the GFLOPs
+    averaged over the timed images, ``used_gflops`` None for static heads; ``weights`` None when a
+    static head was timed from its initial weights), or None when there is no checkpoint to time.
+    """
     from cvpods.checkpoint import DetectionCheckpointer
     from cvpods.engine import DefaultTrainer
     from cvpods.engine.launcher import (
@@ -172,6 +187,51 @@ def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     )
     from cvpods.modeling.meta_arch.head_complexity import MACS_PER_GFLOP, head_full_cost
 
+    folder_cfg, build_model = load_experiment(str(folder))
+    cfg = folder_cfg if cfg is None else cfg
+    prepare_config(cfg, str(folder), ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", 0])
+    model = build_model(cfg).eval()
+    try:
+        weights = find_weights_to_test(cfg, str(folder), [])
+    except ExperimentError:  # no checkpoint yet
+        if "Dynamic" in type(model.head).__name__ or not static_untrained:
+            return None
+        weights = None  # a static head's time does not depend on its weights
+    if weights is not None:
+        DetectionCheckpointer(model, save_to_disk=False).load(weights, checkpointables=[])
+    loader = DefaultTrainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
+    times, used, full = [], [], []
+    with torch.no_grad():
+        for index, inputs in enumerate(loader):
+            if index > images:
+                break
+            start = clock()
+            outputs = model(inputs)
+            elapsed = (clock() - start) * 1e3
+            if index == 0:
+                continue
+            times.append(elapsed)
+            size = tuple(inputs[0]["image"].shape[-2:])
+            full.append(
+                head_full_cost(model.head, size, model.backbone.size_divisibility) / MACS_PER_GFLOP
+            )
+            cost = outputs[0].get("head_cost")
+            meter = getattr(model, "head_complexity", None)  # models that keep a running record
+            if cost is not None:
+                used.append(float(cost.used) / MACS_PER_GFLOP)
+            elif meter is not None and meter.values():
+                used.append(meter.values()[-1])
+    return {
+        "head": type(model.head).__name__,
+        "weights": weights,
+        "ms_per_image": float(np.mean(times)) if times else float("nan"),
+        "images": len(times),
+        "used_gflops": float(np.mean(used)) if used else None,
+        "full_gflops": float(np.mean(full)) if full else None,
+    }
+
+
+def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     print(
         f"\nTrained models: whole-model eval time per image, first {args.images} test images, "
         f"{args.threads} thread(s), {args.clock} clock (batch 1; the first image is a warm-up)"
@@ -179,44 +239,16 @@ def trained_table(args: argparse.Namespace, clock: Callable[[], float]) -> None:
     print("| experiment | head | ms / image | head GFLOPs used (avg) | used / full |")
     print("|---|---|---:|---:|---:|")
     for folder in args.trained:
-        cfg, build_model = load_experiment(str(folder))
-        prepare_config(cfg, str(folder), ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", 0])
-        model = build_model(cfg).eval()
-        try:
-            weights = find_weights_to_test(cfg, str(folder), [])
-        except ExperimentError:  # no checkpoint yet
-            if isinstance(model.head, FCOSDynamicHead) or not args.static_untrained:
-                print(
-                    f"| {folder.name} | skipped: no checkpoint (train it with cvpods_train) | | | |"
-                )
-                continue
-            weights = None  # a static head's time does not depend on its weights
-        if weights is not None:
-            DetectionCheckpointer(model, save_to_disk=False).load(weights, checkpointables=[])
-        loader = DefaultTrainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
-        times, used, full = [], [], []
-        with torch.no_grad():
-            for index, inputs in enumerate(loader):
-                if index > args.images:
-                    break
-                start = clock()
-                model(inputs)
-                elapsed = (clock() - start) * 1e3
-                if index == 0:
-                    continue
-                times.append(elapsed)
-                meter = getattr(model, "head_complexity", None)
-                values = meter.values() if meter is not None else []
-                if values:
-                    size = tuple(inputs[0]["image"].shape[-2:])
-                    divisibility = model.backbone.size_divisibility
-                    used.append(values[-1])
-                    full.append(head_full_cost(model.head, size, divisibility) / MACS_PER_GFLOP)
-        head = type(model.head).__name__ + ("" if weights else " (initial weights)")
-        used_text = f"{np.mean(used):.3f}" if used else "(dense)"
-        ratio_text = f"{np.mean(used) / np.mean(full):.2f}" if used and np.mean(full) else "-"
+        row = measure_trained(folder, args.images, clock, args.static_untrained)
+        if row is None:
+            print(f"| {folder.name} | skipped: no checkpoint (train it with cvpods_train) | | | |")
+            continue
+        head = row["head"] + ("" if row["weights"] else " (initial weights)")
+        used, full = row["used_gflops"], row["full_gflops"]
+        used_text = f"{used:.3f}" if used is not None else "(dense)"
+        ratio_text = f"{used / full:.2f}" if used is not None and full else "-"
         print(
-            f"| {folder.name} | {head} | {np.mean(times):.1f} | {used_text} | {ratio_text} |",
+            f"| {folder.name} | {head} | {row['ms_per_image']:.1f} | {used_text} | {ratio_text} |",
             flush=True,
         )
 

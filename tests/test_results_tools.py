@@ -98,7 +98,7 @@ def test_table_errors_name_the_file_and_what_is_missing(tmp_path, capsys):
         capsys.readouterr().err
     )
 
-    raw = FIXTURES / "run" / "log" / "inference" / "shapes_val" / "results.json"
+    raw = FIXTURES / "output_dir" / "inference" / "shapes_val" / "results.json"
     assert results_table.main([str(raw)]) == 1
     assert f"{raw}: no 'experiment', 'full_gflops': not a row of tools/collect_results.py" in (
         capsys.readouterr().err
@@ -121,13 +121,13 @@ def test_table_errors_name_the_file_and_what_is_missing(tmp_path, capsys):
 
 
 def test_train_minutes_sums_the_sessions_of_a_resumed_run():
-    minutes, source = collect_results.train_minutes(FIXTURES / "run" / "log")
+    minutes, source = collect_results.train_minutes(FIXTURES / "output_dir")
     assert minutes == pytest.approx((9 * 60 + 30 + 4 * 60 + 30) / 60)  # 14.0
     assert source == "log.txt: Total training time"
 
 
 def test_train_minutes_from_metrics_without_a_log(tmp_path):
-    shutil.copy(FIXTURES / "run" / "log" / "metrics.json", tmp_path)
+    shutil.copy(FIXTURES / "output_dir" / "metrics.json", tmp_path)
     minutes, source = collect_results.train_minutes(tmp_path)
     assert minutes == pytest.approx((20 * 2.0 + 20 * 3.0) / 60)  # iterations 0-19 and 20-39
     assert "metrics.json" in source and "estimate" in source
@@ -158,7 +158,7 @@ def test_read_results_errors(tmp_path):
     with pytest.raises(collect_results.CollectError, match="'head_complexity' has no avg_gflops"):
         collect_results.read_results(path)
     real = collect_results.read_results(
-        FIXTURES / "run" / "log" / "inference" / "shapes_val" / "results.json"
+        FIXTURES / "output_dir" / "inference" / "shapes_val" / "results.json"
     )
     assert real["head_complexity"]["avg_gflops"] == 0.957 and real["bbox"]["APl"] is None
 
@@ -200,7 +200,7 @@ def _small_experiment(tmp_path: Path, monkeypatch) -> Path:
     folder.mkdir()
     for name in ("config.py", "net.py"):
         shutil.copy(source / name, folder / name)
-    shutil.copytree(FIXTURES / "run" / "log", folder / "log")
+    shutil.copytree(FIXTURES / "output_dir", folder / "log")
     cfg, _ = load_experiment(str(folder))
     cfg.merge_from_list(
         [

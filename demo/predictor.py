@@ -1,8 +1,8 @@
-"""Single-image prediction for the demo: test-time transforms, the model, and gate capture."""
+"""Single-image prediction for the demo: test-time transforms, the model, and the head's cost and
+gate maps read from the model's outputs."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -11,7 +11,7 @@ import torch
 
 from cvpods.checkpoint import DEFAULT_MIN_MATCHED_FRACTION, DetectionCheckpointer
 from cvpods.data.transforms import apply_augmentations, build_augmentations
-from cvpods.layers import DynamicDepthCell
+from cvpods.modeling.meta_arch.head_complexity import MACS_PER_GFLOP
 from cvpods.structures import Instances
 
 
@@ -26,39 +26,11 @@ class Prediction:
     gate_maps: list[np.ndarray] = field(default_factory=list)
 
 
-class DepthGateRecorder:
-    """Forward hooks on every dynamic depth cell's gate: which positions each cell computes."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.maps: dict[tuple[int, int], list[torch.Tensor]] = {}
-        self.handles = [
-            m.gate.register_forward_hook(self._record)
-            for m in model.modules()
-            if isinstance(m, DynamicDepthCell)
-        ]
-
-    def _record(self, module, inputs, gate: torch.Tensor) -> None:
-        computed = (gate[0] != 0).any(dim=0).float()
-        self.maps.setdefault(tuple(computed.shape), []).append(computed)
-
-    def take(self, image_hw: tuple[int, int], strides: list[int]) -> list[np.ndarray]:
-        """The maps of the last image, finest level first, then forget them.
-
-        Each map is cropped to the cells that cover the ``image_hw`` network input (the rest
-        covers the padding up to the backbone's size divisibility).
-        """
-        levels = sorted(self.maps, key=lambda hw: -hw[0] * hw[1])
-        result = []
-        for hw, stride in zip(levels, strides):
-            level_map = torch.stack(self.maps[hw]).mean(0)
-            rows, cols = math.ceil(image_hw[0] / stride), math.ceil(image_hw[1] / stride)
-            result.append(level_map[:rows, :cols].cpu().numpy())
-        self.maps = {}
-        return result
-
-
 class Predictor:
     """``predictor(image_bgr) -> Prediction`` for an experiment's config and ``build_model``.
+
+    The model is moved to MODEL.DEVICE. With ``record_gates`` the model is asked for its gate
+    maps (``model(inputs, return_gate_maps=True)``); a static head returns none.
 
     Raises :class:`~cvpods.checkpoint.WeightsMismatchError` when MODEL.WEIGHTS fills less than
     MODEL.WEIGHTS_MIN_MATCHED_FRACTION of the model's tensors (another architecture's weights).
@@ -66,13 +38,13 @@ class Predictor:
 
     def __init__(self, cfg, build_model, record_gates: bool = False) -> None:
         self.cfg = cfg
-        self.model = build_model(cfg)
+        self.model = build_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
         self.model.eval()
         min_fraction = cfg.MODEL.get("WEIGHTS_MIN_MATCHED_FRACTION", DEFAULT_MIN_MATCHED_FRACTION)
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, min_matched_fraction=min_fraction)
         self.augmentations = build_augmentations(cfg.INPUT.AUG.TEST_PIPELINES)
         self.input_format = cfg.INPUT.FORMAT
-        self.gates = DepthGateRecorder(self.model) if record_gates else None
+        self.record_gates = record_gates
         self.rng = np.random.default_rng(0)
 
     @torch.no_grad()
@@ -83,11 +55,13 @@ class Predictor:
         image, _ = apply_augmentations(self.augmentations, np.ascontiguousarray(image), self.rng)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         start = time.perf_counter()
-        output = self.model([{"image": tensor, "height": height, "width": width}])[0]
+        inputs = [{"image": tensor, "height": height, "width": width}]
+        if self.record_gates:
+            output = self.model(inputs, return_gate_maps=True)[0]
+        else:
+            output = self.model(inputs)[0]
         seconds = time.perf_counter() - start
-        meter = getattr(self.model, "head_complexity", None)
-        gflops = meter.values()[-1] if meter is not None and meter.values() else None
-        gate_maps = (
-            self.gates.take(tensor.shape[-2:], self.model.head.fpn_strides) if self.gates else []
-        )
+        cost = output.get("head_cost")
+        gflops = float(cost.used.double()) / MACS_PER_GFLOP if cost is not None else None
+        gate_maps = [m.cpu().numpy() for m in output.get("gate_maps", [])]
         return Prediction(output["instances"].to("cpu"), seconds, gflops, gate_maps)

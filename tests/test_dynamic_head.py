@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import THIN_BACKBONE, load_experiment
 
-from cvpods.layers import DynamicDepthCell, SpatialGate, gate_activation
+from cvpods.evaluation import HeadComplexityEvaluator
+from cvpods.layers import CostCollector, DynamicDepthCell, SpatialGate, gate_activation
 from cvpods.modeling.meta_arch.head_complexity import head_full_cost
 
 
@@ -88,14 +89,10 @@ def test_closed_gates_give_the_shortcut_and_no_used_cost():
     ).eval()
     cell.gate.gate_conv.bias.data.fill_(-50.0)
     x = torch.randn(2, 64, 10, 12)
-    cost = []
-
-    class Collect:
-        def add(self, c):
-            cost.append(c)
-
+    costs = CostCollector()
     with torch.no_grad():
-        out = cell(x, Collect())
+        out = cell(x, costs)
+    cost = [costs.total]
     torch.testing.assert_close(out, torch.relu(x))
     assert float(cost[0].used.sum()) == 0.0 and float(cost[0].soft.sum()) == 0.0
     assert float(cost[0].full.sum()) > 0
@@ -135,7 +132,9 @@ def test_budget_loss_and_complexity_record():
     ]
     model.train()
     losses = model(inputs)
-    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_centerness", "loss_budget"}
+    assert set(losses) == {
+        "loss_cls", "loss_box_reg", "loss_centerness", "loss_budget", "head_cost",
+    }  # fmt: skip
     assert 0 < float(losses["loss_budget"].detach()) < 0.1
     losses["loss_budget"].backward()
     gate = model.head.cls_subnet[0].depth_module.gate.gate_conv
@@ -145,12 +144,13 @@ def test_budget_loss_and_complexity_record():
     assert fusion_gate.weight.grad is None or float(fusion_gate.weight.grad.abs().sum()) == 0
 
     model.eval()
-    model.head_complexity.reset()
+    evaluator = HeadComplexityEvaluator()
     with torch.no_grad():
-        model([{"image": images[0]}])
-        model([{"image": images[1]}])
-    summary = model.head_complexity.summary()
-    assert summary["num_images"] == 2 and summary["min"] <= summary["avg"] <= summary["max"]
+        for image in images:
+            evaluator.process([{"image": image}], model([{"image": image}]))
+    summary = evaluator.evaluate()["head_complexity"]
+    assert summary["num_images"] == 2
+    assert summary["min_gflops"] <= summary["avg_gflops"] <= summary["max_gflops"]
 
 
 def test_lambda_zero_has_no_budget_loss():
@@ -179,3 +179,21 @@ def test_head_flops_match_the_paper(name, expected_gflops):
     model = build_model(cfg)
     gflops = head_full_cost(model.head, (800, 1333), model.backbone.size_divisibility) / 2**30
     assert gflops == pytest.approx(expected_gflops, rel=0.01)
+
+
+def test_gate_maps_are_outputs_on_request():
+    """``model(inputs, return_gate_maps=True)``: per level the fraction of depth cells computed
+    at each cell covering the (unpadded) input; absent without the request."""
+    model = small_dynamic_model().eval()
+    image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)
+    with torch.no_grad():
+        (plain,) = model([{"image": image}])
+        (output,) = model([{"image": image}], return_gate_maps=True)
+    assert "gate_maps" not in plain and plain["head_cost"].used.dim() == 0
+    strides = model.head.fpn_strides
+    maps = output["gate_maps"]
+    assert [tuple(m.shape) for m in maps] == [
+        (math.ceil(90 / s), math.ceil(120 / s)) for s in strides
+    ]
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in maps)
+    assert float(maps[0].mean()) > 0

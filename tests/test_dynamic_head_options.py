@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from conftest import THIN_BACKBONE, load_experiment
 
-from cvpods.layers import DynamicDepthCell, DynamicScaleFusion, ScaleFusion, SpatialGate
+from cvpods.evaluation import HeadComplexityEvaluator
+from cvpods.layers import (
+    CostCollector,
+    DynamicDepthCell,
+    DynamicScaleFusion,
+    ScaleFusion,
+    SpatialGate,
+)
 
 C = 32  # the smallest width GroupNorm(32) allows
 CONV_COST = (
@@ -43,13 +50,15 @@ def randomize_norms(module: torch.nn.Module, seed: int) -> None:
                 m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=gen))
 
 
-class Costs:
-    """A cost collector that keeps every unit's cost."""
+class Costs(CostCollector):
+    """A cost collector that also keeps every unit's cost."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.items = []
 
     def add(self, cost) -> None:
+        super().add(cost)
         self.items.append(cost)
 
 
@@ -381,8 +390,10 @@ def test_head_complexity_record_by_hand(pattern):
     torch.manual_seed(5)
     image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
     model.eval()
-    model.head_complexity.reset()
+    evaluator = HeadComplexityEvaluator()
     with torch.no_grad():
-        model([{"image": image}])
-    (recorded,) = model.head_complexity.values()
+        evaluator.process([{"image": image}], model([{"image": image}]))
+    summary = evaluator.evaluate()["head_complexity"]
+    assert summary["num_images"] == 1
+    recorded = summary["avg_gflops"]
     assert recorded == pytest.approx(expected_macs / 2**30, rel=1e-12, abs=0)

@@ -13,7 +13,14 @@ from torch import nn
 
 from cvpods.configs import FCOSConfig
 from cvpods.data import DatasetCatalog, MetadataCatalog, build_test_loader
-from cvpods.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from cvpods.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluators,
+    HeadComplexityEvaluator,
+    inference_on_dataset,
+    print_csv_format,
+)
+from cvpods.layers import GateCost
 from cvpods.structures import Boxes, Instances
 
 # ---------------------------------------------------------------------------------------------
@@ -356,37 +363,31 @@ def test_unknown_predicted_class_is_an_error(cfg):
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
 
 
-class _Complexity:
-    def __init__(self) -> None:
-        self._values: list[float] = []
-        self.resets = 0
-
-    def reset(self) -> None:
-        self._values, self.resets = [], self.resets + 1
-
-    def values(self) -> list[float]:
-        return list(self._values)
+def _head_cost(gflops: float) -> GateCost:
+    """A head cost whose ``used`` MACs are ``gflops`` GFLOPs (MACs / 2**30)."""
+    used = torch.tensor(gflops * 2**30)
+    return GateCost(soft=used, used=used, full=used * 2)
 
 
 class _FakeDetector(nn.Module):
-    """Returns stored predictions for each input image; records per-image 'GFLOPs'."""
+    """Returns stored predictions for each input image, with a 'head_cost' of image_id GFLOPs."""
 
-    def __init__(self, predictions: dict[int, Instances]) -> None:
+    def __init__(self, predictions: dict[int, Instances], with_cost: bool = True) -> None:
         super().__init__()
         self.predictions = predictions
-        self.head_complexity = _Complexity()
-        self.head_complexity._values = [99.0]  # stale value: must be reset
+        self.with_cost = with_cost
         self.seen: list[tuple[bool, bool]] = []
 
     def forward(self, batched_inputs):
         self.seen.append((self.training, torch.is_grad_enabled()))
         outputs = []
         for item in batched_inputs:
-            if hasattr(self, "head_complexity"):
-                self.head_complexity._values.append(float(item["image_id"]))
             inst = self.predictions[item["image_id"]]
             assert (item["height"], item["width"]) == inst.image_size
-            outputs.append({"instances": inst})
+            output = {"instances": inst}
+            if self.with_cost:
+                output["head_cost"] = _head_cost(float(item["image_id"]))
+            outputs.append(output)
         return outputs
 
 
@@ -395,8 +396,10 @@ def test_inference_on_dataset_with_fake_model(cfg, tmp_path):
     dicts = DatasetCatalog.get("shapes_val")
     model = _FakeDetector(_perturbed_predictions(dicts))
     model.train()
-    evaluator = COCOEvaluator("shapes_val", cfg, output_dir=str(tmp_path / "out"))
-    results = inference_on_dataset(model, loader, evaluator)
+    coco = COCOEvaluator("shapes_val", cfg, output_dir=str(tmp_path / "out"))
+    complexity = HeadComplexityEvaluator()
+    complexity.process([{}], [{"head_cost": _head_cost(99.0)}])  # stale value: must be reset
+    results = inference_on_dataset(model, loader, DatasetEvaluators([coco, complexity]))
 
     assert model.training  # mode restored
     assert model.seen and all(not training and not grad for training, grad in model.seen)
@@ -408,7 +411,7 @@ def test_inference_on_dataset_with_fake_model(cfg, tmp_path):
         "max_gflops": max(ids),
         "num_images": len(ids),
     }
-    with open(evaluator.metadata.json_file) as f:
+    with open(coco.metadata.json_file) as f:
         gt_json = json.load(f)
     detections = coco_detections(model.predictions, [c["id"] for c in gt_json["categories"]])
     assert_same_metrics(results["bbox"], independent_coco_ap(gt_json, detections))
@@ -423,10 +426,10 @@ def test_inference_on_dataset_unwraps_the_model(cfg):
     loader = build_test_loader(cfg, "shapes_val")
     dicts = DatasetCatalog.get("shapes_val")
     inner = _FakeDetector(_perturbed_predictions(dicts))
-    results = inference_on_dataset(nn.DataParallel(inner), loader, None)
-    assert inner.head_complexity.resets == 1
+    results = inference_on_dataset(nn.DataParallel(inner), loader, HeadComplexityEvaluator())
     assert results["head_complexity"]["num_images"] == len(dicts)
 
-    del inner.head_complexity
-    results = inference_on_dataset(nn.DataParallel(inner), loader, COCOEvaluator("shapes_val", cfg))
+    inner.with_cost = False  # a static head: no "head_cost" in the outputs
+    evaluators = DatasetEvaluators([COCOEvaluator("shapes_val", cfg), HeadComplexityEvaluator()])
+    results = inference_on_dataset(nn.DataParallel(inner), loader, evaluators)
     assert set(results) == {"bbox"}

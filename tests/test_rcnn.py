@@ -10,7 +10,9 @@ import torch
 from conftest import THIN_BACKBONE, load_experiment
 from reference_checks import gt_instances
 
-from cvpods.layers import SpatialGate
+from cvpods.engine.train_loop import loss_tensors
+from cvpods.evaluation import HeadComplexityEvaluator
+from cvpods.layers import GateCost, SpatialGate
 from cvpods.modeling.anchor_generator import (
     DefaultAnchorGenerator,
     generate_cell_anchors,
@@ -254,14 +256,17 @@ def test_fix_and_dynamic_rpn_heads_share_the_topology():
 
 def test_dynamic_rpn_training_has_budget_loss_and_gradients():
     model = thin_model(DYNAMIC).train()
-    losses = model(images_with_and_without_boxes())
-    assert set(losses) == {
+    outputs = model(images_with_and_without_boxes())
+    assert set(outputs) == {
         "loss_cls",
         "loss_box_reg",
         "loss_rpn_cls",
         "loss_rpn_loc",
         "loss_budget",
+        "head_cost",
     }
+    assert isinstance(outputs["head_cost"], GateCost) and outputs["head_cost"].used.shape == (2,)
+    losses = loss_tensors(outputs)
     # every gate starts open at 0.99 (soft cost ~0.99 of full): lambda 0.1 x ~0.99
     sum(losses.values()).backward()
     assert 0.05 < float(losses["loss_budget"].detach()) <= 0.1
@@ -271,12 +276,17 @@ def test_dynamic_rpn_training_has_budget_loss_and_gradients():
 
 def test_dynamic_rpn_eval_records_head_cost():
     model = thin_model(DYNAMIC).eval()
+    inputs = images_with_and_without_boxes()
     with torch.no_grad():
-        model(images_with_and_without_boxes())
-    summary = model.head_complexity.summary()
-    assert summary["num_images"] == 2 and summary["avg"] > 0
-    cost = model.proposal_generator.last_cost
-    assert torch.all(cost.used <= cost.full) and torch.all(cost.soft <= cost.full)
+        outputs = model(inputs)
+    evaluator = HeadComplexityEvaluator()
+    evaluator.process(inputs, outputs)
+    summary = evaluator.evaluate()["head_complexity"]
+    assert summary["num_images"] == 2 and summary["avg_gflops"] > 0
+    for output in outputs:
+        cost = output["head_cost"]
+        assert cost.used.dim() == 0
+        assert torch.all(cost.used <= cost.full) and torch.all(cost.soft <= cost.full)
 
 
 def _binary_gates(head, pattern: bool) -> None:

@@ -215,12 +215,9 @@ def measure_trained(
             full.append(
                 head_full_cost(model.head, size, model.backbone.size_divisibility) / MACS_PER_GFLOP
             )
-            cost = outputs[0].get("head_cost")
-            meter = getattr(model, "head_complexity", None)  # models that keep a running record
+            cost = outputs[0].get("head_cost")  # a gated head's cost is a value of its outputs
             if cost is not None:
                 used.append(float(cost.used) / MACS_PER_GFLOP)
-            elif meter is not None and meter.values():
-                used.append(meter.values()[-1])
     return {
         "head": type(model.head).__name__,
         "weights": weights,

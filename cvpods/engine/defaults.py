@@ -302,11 +302,18 @@ class DefaultTrainer(SimpleTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> Any:
-        from cvpods.evaluation import COCOEvaluator
+        """COCO box AP (writing to ``output_folder``, default ``OUTPUT_DIR/inference/<dataset>/``)
+        and the head complexity of a gated head (``"head_cost"`` in the model's outputs)."""
+        from cvpods.evaluation import COCOEvaluator, DatasetEvaluators, HeadComplexityEvaluator
 
         if output_folder is None:
             output_folder = os.path.dirname(results_file(cfg.OUTPUT_DIR, dataset_name))
-        return COCOEvaluator(dataset_name, cfg=cfg, distributed=True, output_dir=output_folder)
+        return DatasetEvaluators(
+            [
+                COCOEvaluator(dataset_name, cfg=cfg, distributed=True, output_dir=output_folder),
+                HeadComplexityEvaluator(),
+            ]
+        )
 
     def build_writers(self) -> list[EventWriter]:
         """Console (with ETA), ``OUTPUT_DIR/metrics.json`` and TensorBoard in OUTPUT_DIR."""
@@ -412,8 +419,8 @@ class DefaultTrainer(SimpleTrainer):
         Args:
             cfg: the config (DATASETS.TEST, OUTPUT_DIR, data settings).
             model: the model (a DDP wrapper is unwrapped); restored to its training mode after.
-            evaluators: one evaluator per dataset; default: a COCOEvaluator per dataset writing
-                to ``OUTPUT_DIR/inference/<dataset>/``.
+            evaluators: one evaluator per dataset; default: :meth:`build_evaluator` (COCO AP
+                written to ``OUTPUT_DIR/inference/<dataset>/`` and the head complexity).
 
         Returns:
             ``{dataset_name: results}`` with results like ``{"bbox": {"AP": ...}, ...}`` (empty

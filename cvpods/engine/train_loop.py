@@ -13,6 +13,7 @@ import math
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,6 +121,15 @@ class TrainerBase:
         raise NotImplementedError
 
 
+def loss_tensors(outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensor entries of a model's training outputs: the losses.
+
+    Other values (a gated head's ``"head_cost"``, a :class:`~cvpods.layers.GateCost`) are
+    outputs for the caller, not terms of the objective.
+    """
+    return {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+
+
 def _sum_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> torch.Tensor:
     """The sum of the losses; a FloatingPointError naming the non-finite ones and the iteration."""
     if not loss_dict:
@@ -143,7 +153,8 @@ class SimpleTrainer(TrainerBase):
 
     Args:
         model: called on a batch (a list of dicts) in training mode; returns a dict of scalar
-            loss tensors (their sum is minimised).
+            loss tensors (their sum is minimised; entries that are not tensors, such as a gated
+            head's ``"head_cost"``, are left out).
         data_loader: an iterable yielding batches forever.
         optimizer: any torch optimizer.
         amp: mixed precision (float16 autocast and a gradient scaler); CUDA only.
@@ -191,6 +202,7 @@ class SimpleTrainer(TrainerBase):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
+        loss_dict = loss_tensors(loss_dict)
         losses = _sum_losses(loss_dict, self.iter)
 
         self.optimizer.zero_grad(set_to_none=True)

@@ -9,8 +9,8 @@ from .evaluator import (
     DatasetEvaluators,
     inference_context,
     inference_on_dataset,
-    summarize_head_complexity,
 )
+from .head_complexity import HeadComplexityEvaluator
 from .testing import print_csv_format
 
 
@@ -28,11 +28,11 @@ __all__ = [
     "COCOEvaluator",
     "DatasetEvaluator",
     "DatasetEvaluators",
+    "HeadComplexityEvaluator",
     "build_evaluator",
     "coco_api_from_dicts",
     "inference_context",
     "inference_on_dataset",
     "instances_to_coco_json",
     "print_csv_format",
-    "summarize_head_complexity",
 ]

@@ -21,7 +21,6 @@ __all__ = [
     "DatasetEvaluators",
     "inference_context",
     "inference_on_dataset",
-    "summarize_head_complexity",
 ]
 
 
@@ -78,40 +77,23 @@ def inference_context(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel wrapper."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def summarize_head_complexity(values: Iterable[float]) -> dict[str, float]:
-    """``{"avg_gflops", "min_gflops", "max_gflops", "num_images"}`` of per-image head GFLOPs
-    gathered from all processes (call it on every process)."""
-    gathered = [float(v) for part in comm.all_gather(list(values)) for v in part]
-    if not gathered:
-        return {"avg_gflops": float("nan"), "min_gflops": float("nan"),
-                "max_gflops": float("nan"), "num_images": 0}  # fmt: skip
-    return {
-        "avg_gflops": sum(gathered) / len(gathered),
-        "min_gflops": min(gathered),
-        "max_gflops": max(gathered),
-        "num_images": len(gathered),
-    }
-
-
 def inference_on_dataset(
     model: nn.Module, data_loader: Iterable[list[dict]], evaluator: DatasetEvaluator | None
 ) -> dict:
     """Run ``model`` on every batch of ``data_loader`` (eval mode, no grad) and evaluate.
 
-    Shows a progress bar on the main process and logs the time per image. If the model (or the
-    model inside a DDP wrapper) has a ``head_complexity`` recorder, it is reset first and its
-    per-image GFLOPs, gathered over all processes, are added to the results as
-    ``{"head_complexity": {"avg_gflops", "min_gflops", "max_gflops", "num_images"}}``.
+    Shows a progress bar on the main process and logs the time per image. The evaluator sees
+    every output value, e.g. a gated head's ``"head_cost"`` (see
+    :class:`~cvpods.evaluation.HeadComplexityEvaluator`).
 
-    Returns the evaluator's results on the main process (``{}`` elsewhere, apart from the head
-    complexity, which every process gets).
+    Args:
+        model: called on each batch (a list of dicts); returns one dict per image.
+        data_loader: yields batches.
+        evaluator: reset first, then fed every batch; None: only run the model.
+
+    Returns:
+        the evaluator's results (``{}`` without an evaluator; COCO metrics only on the main
+        process, the head complexity on every process).
     """
     world_size = comm.get_world_size()
     try:
@@ -120,9 +102,6 @@ def inference_on_dataset(
         total = None
     if evaluator is not None:
         evaluator.reset()
-    complexity = getattr(_unwrap(model), "head_complexity", None)
-    if complexity is not None:
-        complexity.reset()
 
     num_warmup = min(5, total - 1) if total else 0
     num_images = 0
@@ -155,15 +134,4 @@ def inference_on_dataset(
         world_size,
     )
 
-    results = (evaluator.evaluate() if evaluator is not None else None) or {}
-    if complexity is not None:
-        summary = summarize_head_complexity(complexity.values())
-        logger.info(
-            "Head complexity over %d images: avg %.4f, min %.4f, max %.4f GFLOPs",
-            summary["num_images"],
-            summary["avg_gflops"],
-            summary["min_gflops"],
-            summary["max_gflops"],
-        )
-        results = {**results, "head_complexity": summary}
-    return results
+    return (evaluator.evaluate() if evaluator is not None else None) or {}

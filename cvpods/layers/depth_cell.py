@@ -129,10 +129,20 @@ class DynamicDepthCell(nn.Module):
         dilated = F.max_pool2d(gate, kernel_size=3, stride=1, padding=1).amax(dim=1, keepdim=True)
         return unit_cost(gate, conv2_cost) + unit_cost(dilated, conv1_cost)
 
-    def forward(self, x: torch.Tensor, costs: CostCollector | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, costs: CostCollector | None = None, level: int = 0
+    ) -> torch.Tensor:
+        """The gated cell on ``x [N, C, H, W]`` (same shape out).
+
+        Args:
+            x: one pyramid level's feature map.
+            costs: receives the cell's :class:`GateCost` and (when it keeps them) its gate map.
+            level: index of ``x``'s pyramid level (finest first), for the recorded gate map.
+        """
         gate = self.gate(x)
         if costs is not None:
             costs.add(self.cost(gate))
+            costs.add_depth_gate(level, gate)
         if self.training:
             return F.relu(self.gate.modulate(self.bottleneck(x), gate) + x)
         open_ = (gate.detach() != 0).any(dim=1)

@@ -205,7 +205,7 @@ class DynamicScaleFusion(nn.Module):
                 else s.mul_(self.scale_weight).addcmul_(x, self.output_weight)
                 for s, x in zip(sums, levels)
             ]
-        return [self.depth_module(f, costs) for f in fused]
+        return [self.depth_module(f, costs, level) for level, f in enumerate(fused)]
 
     def cost_per_position(self) -> float:
         unit = depthwise_unit_cost(self.dynamic_convs[0].convs)

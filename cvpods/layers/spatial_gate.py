@@ -93,13 +93,36 @@ def unit_cost(gate: torch.Tensor, cost_per_position: float, detach_soft: bool = 
 
 
 class CostCollector:
-    """Accumulates the :class:`GateCost` of every gated unit during one forward pass."""
+    """Accumulates the :class:`GateCost` of every gated unit during one forward pass.
 
-    def __init__(self) -> None:
+    Args:
+        keep_gate_maps: also record, per pyramid level, which positions each depth cell
+            computes (see :meth:`add_depth_gate` and :meth:`gate_maps`).
+    """
+
+    def __init__(self, keep_gate_maps: bool = False) -> None:
         self.total: GateCost | None = None
+        self._depth_gates: list[list[torch.Tensor]] | None = [] if keep_gate_maps else None
 
     def add(self, cost: GateCost) -> None:
+        """Add one unit's cost (``[N]`` MACs per field) to :attr:`total`."""
         self.total = cost if self.total is None else self.total + cost
+
+    def add_depth_gate(self, level: int, gate: torch.Tensor) -> None:
+        """Record a depth cell's gate map ``gate [N, G, H_l, W_l]`` on pyramid level ``level``
+        (index into the head's levels, finest first); a no-op unless ``keep_gate_maps``."""
+        if self._depth_gates is None:
+            return
+        while len(self._depth_gates) <= level:
+            self._depth_gates.append([])
+        self._depth_gates[level].append((gate.detach() != 0).any(dim=1).float())
+
+    def gate_maps(self) -> list[torch.Tensor] | None:
+        """Per level (finest first) ``[N, H_l, W_l]``: the fraction of the level's depth cells
+        computed at each position (in [0, 1]); None unless ``keep_gate_maps``."""
+        if self._depth_gates is None:
+            return None
+        return [torch.stack(maps).mean(0) for maps in self._depth_gates]
 
 
 class SpatialGate(nn.Module):

@@ -1,13 +1,17 @@
-"""Between the network and the user: normalising and padding the input images, and mapping
-predictions from the network's input resolution to the requested output resolution."""
+"""Between the network and the user: normalising and padding the input images, mapping
+predictions from the network's input resolution to the requested output resolution, and turning
+a gated head's batch cost and gate maps into per-image output values."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..layers import GateCost
 from ..structures import ImageList, Instances
 
 
@@ -60,3 +64,44 @@ def detector_postprocess(results: Instances, output_height: int, output_width: i
     boxes.scale(scale_x, scale_y)
     boxes.clip(results.image_size)
     return results[boxes.nonempty()]
+
+
+def per_image_head_outputs(
+    cost: GateCost | None,
+    gate_maps: list[torch.Tensor] | None,
+    image_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Split a gated head's batch outputs into one dict per image, for the model's results.
+
+    Args:
+        cost: the head's cost, each field ``[N]`` (MACs); None for a static head.
+        gate_maps: per level ``[N, h_l, w_l]`` (fraction of depth cells computed), or None.
+        image_sizes: the ``(H, W)`` of each network input before padding.
+        strides: the stride of each level (pixels), finest first.
+
+    Returns:
+        ``N`` dicts holding ``"head_cost"`` (a :class:`~cvpods.layers.GateCost` of 0-d tensors,
+        detached) when ``cost`` is given and ``"gate_maps"`` (per level ``[ceil(H / s),
+        ceil(W / s)]``: the cells that cover the unpadded input) when ``gate_maps`` is given.
+    """
+    per_image: list[dict[str, Any]] = [{} for _ in image_sizes]
+    for i, (height, width) in enumerate(image_sizes):
+        if cost is not None:
+            per_image[i]["head_cost"] = GateCost(
+                cost.soft[i].detach(), cost.used[i].detach(), cost.full[i].detach()
+            )
+        if gate_maps is not None:
+            per_image[i]["gate_maps"] = [
+                level[i, : math.ceil(height / s), : math.ceil(width / s)]
+                for level, s in zip(gate_maps, strides)
+            ]
+    return per_image
+
+
+def batch_head_cost(cost: GateCost | None) -> dict[str, GateCost]:
+    """``{"head_cost": GateCost}`` (each field ``[N]`` MACs, detached) for a training loss dict;
+    ``{}`` for a static head. The trainer sums only tensor entries of that dict."""
+    if cost is None:
+        return {}
+    return {"head_cost": GateCost(cost.soft.detach(), cost.used.detach(), cost.full.detach())}

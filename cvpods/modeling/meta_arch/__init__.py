@@ -2,7 +2,6 @@
 
 from .fcos import FCOS
 from .fcos_heads import FCOSDynamicHead, FCOSFixHead, FCOSHead, FCOSHeadOutputs
-from .head_complexity import HeadComplexityMeter
 from .rcnn import GeneralizedRCNN
 
 __all__ = [
@@ -12,5 +11,4 @@ __all__ = [
     "FCOSHead",
     "FCOSHeadOutputs",
     "GeneralizedRCNN",
-    "HeadComplexityMeter",
 ]

@@ -18,17 +18,22 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
-from ...layers import ShapeSpec
+from ...layers import GateCost, ShapeSpec
 from ...structures import Boxes, ImageList, Instances
 from ...utils import comm
 from ...utils.events import put_scalar_if_recording
 from ..backbone import Backbone, build_retinanet_resnet_fpn_backbone
 from ..box_regression import Shift2BoxTransform
 from ..losses import iou_loss
-from ..postprocessing import normalize_and_pad, postprocess_batch, register_pixel_normalization
+from ..postprocessing import (
+    batch_head_cost,
+    normalize_and_pad,
+    per_image_head_outputs,
+    postprocess_batch,
+    register_pixel_normalization,
+)
 from ..shift_generator import ShiftGenerator
-from .fcos_heads import FCOSDynamicHead, FCOSHead, FCOSHeadOutputs
-from .head_complexity import HeadComplexityMeter
+from .fcos_heads import FCOSHead, FCOSHeadOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +96,34 @@ class FCOS(nn.Module):
             self.fpn_strides, cfg.MODEL.SHIFT_GENERATOR.OFFSET, cfg.MODEL.SHIFT_GENERATOR.NUM_SHIFTS
         )
         self.shift2box_transform = Shift2BoxTransform(fcos.BBOX_REG_WEIGHTS)
-        self.is_dynamic_head = isinstance(self.head, FCOSDynamicHead)
-        self.head_complexity = HeadComplexityMeter() if self.is_dynamic_head else None
 
         register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
         self.to(self.device)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+    def forward(
+        self, batched_inputs: list[dict], return_gate_maps: bool = False
+    ) -> dict[str, torch.Tensor | GateCost] | list[dict]:
+        """Losses (training) or detections (evaluation) for a batch.
+
+        Args:
+            batched_inputs: one dict per image (see the class docstring).
+            return_gate_maps: at evaluation, also return a gated head's gate maps.
+
+        Returns:
+            training: ``{"loss_cls", "loss_box_reg", "loss_centerness"[, "loss_budget"]}``
+            (scalar tensors) plus ``"head_cost"`` (a :class:`~cvpods.layers.GateCost` of ``[N]``
+            MACs, detached) for a gated head. Evaluation: per image ``{"instances": Instances}``
+            plus, for a gated head, ``"head_cost"`` (GateCost of 0-d tensors, MACs) and, on
+            request, ``"gate_maps"`` (per level ``[ceil(H / s), ceil(W / s)]`` in [0, 1]: the
+            fraction of depth cells computed at each cell covering the network input).
+        """
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.in_features]
-        outputs: FCOSHeadOutputs = self.head(features)
+        outputs: FCOSHeadOutputs = self.head(
+            features, return_gate_maps=return_gate_maps and not self.training
+        )
         shifts = self.shift_generator(features)
 
         if self.training:
@@ -112,12 +133,14 @@ class FCOS(nn.Module):
                 )
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             targets = self.get_ground_truth(shifts, gt_instances)
-            return self.losses(*targets, outputs)
+            return {**self.losses(*targets, outputs), **batch_head_cost(outputs.cost)}
 
-        if outputs.cost is not None and self.head_complexity is not None:
-            self.head_complexity.update(outputs.cost.used)
         results = self.inference(outputs, shifts, images.image_sizes)
-        return postprocess_batch(results, batched_inputs, images.image_sizes)
+        processed = postprocess_batch(results, batched_inputs, images.image_sizes)
+        extras = per_image_head_outputs(
+            outputs.cost, outputs.gate_maps, images.image_sizes, self.fpn_strides
+        )
+        return [{**result, **extra} for result, extra in zip(processed, extras)]
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise each image and pad the batch to the backbone's size divisibility."""

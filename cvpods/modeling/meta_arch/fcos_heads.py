@@ -36,12 +36,14 @@ from ...layers.batch_norm import GN_NUM_GROUPS
 class FCOSHeadOutputs:
     """Per level ``l`` (strides 8..128): ``logits [N, K, h_l, w_l]``, ``bbox_reg [N, 4, h_l, w_l]``
     (l, t, r, b in input pixels), ``centerness [N, 1, h_l, w_l]`` (logits); ``cost`` is the
-    dynamic head's per-image cost (None for static heads)."""
+    dynamic head's per-image cost (None for static heads); ``gate_maps`` (dynamic head, on
+    request) per level ``[N, h_l, w_l]``: the fraction of depth cells computed at each position."""
 
     logits: list[torch.Tensor]
     bbox_reg: list[torch.Tensor]
     centerness: list[torch.Tensor]
     cost: GateCost | None = None
+    gate_maps: list[torch.Tensor] | None = None
 
 
 class _FCOSPredictors(nn.Module):
@@ -83,6 +85,7 @@ class _FCOSPredictors(nn.Module):
         cls_towers: list[torch.Tensor],
         bbox_towers: list[torch.Tensor],
         cost: GateCost | None = None,
+        gate_maps: list[torch.Tensor] | None = None,
     ) -> FCOSHeadOutputs:
         logits, bbox_reg, centerness = [], [], []
         for level, (cls_feat, bbox_feat) in enumerate(zip(cls_towers, bbox_towers)):
@@ -93,7 +96,7 @@ class _FCOSPredictors(nn.Module):
                 bbox_reg.append(F.relu(reg) * self.fpn_strides[level])
             else:
                 bbox_reg.append(torch.exp(reg))
-        return FCOSHeadOutputs(logits, bbox_reg, centerness, cost)
+        return FCOSHeadOutputs(logits, bbox_reg, centerness, cost, gate_maps)
 
 
 class FCOSHead(_FCOSPredictors):
@@ -113,8 +116,11 @@ class FCOSHead(_FCOSPredictors):
             layers += [nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(GN_NUM_GROUPS, c), nn.ReLU()]
         return nn.Sequential(*layers)
 
-    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
-        """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first."""
+    def forward(
+        self, features: list[torch.Tensor], return_gate_maps: bool = False
+    ) -> FCOSHeadOutputs:
+        """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first (a static head has no gate
+        maps: ``return_gate_maps`` is accepted and ignored)."""
         return self.predict(
             [self.cls_subnet(f) for f in features], [self.bbox_subnet(f) for f in features]
         )
@@ -150,7 +156,10 @@ class FCOSFixHead(_FCOSPredictors):
         )
         self.build_predictors(cfg.MODEL.FCOS.PRIOR_PROB)
 
-    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
+    def forward(
+        self, features: list[torch.Tensor], return_gate_maps: bool = False
+    ) -> FCOSHeadOutputs:
+        """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first (no gate maps: static)."""
         cls_levels, bbox_levels = list(features), list(features)
         for cls_stage, bbox_stage in zip(self.cls_subnet, self.bbox_subnet):
             cls_levels = cls_stage(cls_levels)
@@ -190,8 +199,12 @@ class FCOSDynamicHead(_FCOSPredictors):
         self.bbox_subnet = nn.ModuleList([stage() for _ in range(stages)])
         self.build_predictors(fcos.PRIOR_PROB)
 
-    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
-        costs = CostCollector()
+    def forward(
+        self, features: list[torch.Tensor], return_gate_maps: bool = False
+    ) -> FCOSHeadOutputs:
+        """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first. The outputs carry the
+        per-image cost and, with ``return_gate_maps``, the depth cells' gate maps."""
+        costs = CostCollector(keep_gate_maps=return_gate_maps)
         if not self.training:  # the sparse inference path reads and writes channels-last maps
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         cls_levels, bbox_levels = list(features), list(features)
@@ -199,7 +212,7 @@ class FCOSDynamicHead(_FCOSPredictors):
             cls_levels = cls_stage(cls_levels, costs)
         for bbox_stage in self.bbox_subnet:
             bbox_levels = bbox_stage(bbox_levels, costs)
-        return self.predict(cls_levels, bbox_levels, costs.total)
+        return self.predict(cls_levels, bbox_levels, costs.total, costs.gate_maps())
 
     def cost_per_position(self) -> float:
         return sum(stage.cost_per_position() for stage in [*self.cls_subnet, *self.bbox_subnet])

@@ -8,10 +8,14 @@ from torch import nn
 from ...layers import ShapeSpec
 from ...structures import ImageList, Instances
 from ..backbone import Backbone, build_resnet_fpn_backbone
-from ..postprocessing import normalize_and_pad, postprocess_batch, register_pixel_normalization
-from ..proposal_generator import RPN, DynamicRPNHead
+from ..postprocessing import (
+    normalize_and_pad,
+    per_image_head_outputs,
+    postprocess_batch,
+    register_pixel_normalization,
+)
+from ..proposal_generator import RPN
 from ..roi_heads import StandardROIHeads
-from .head_complexity import HeadComplexityMeter
 
 
 class GeneralizedRCNN(nn.Module):
@@ -24,8 +28,10 @@ class GeneralizedRCNN(nn.Module):
     and optional ``height`` / ``width``. Training returns the losses of both stages; evaluation
     returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` at ``height x width``.
 
-    With a dynamic RPN head (MODEL.RPN.HEAD_NAME "DynamicRPNHead") the evaluation records the RPN
-    head's per-image cost in ``head_complexity`` (as FCOS does for its dynamic head).
+    With a dynamic RPN head (MODEL.RPN.HEAD_NAME "DynamicRPNHead") the outputs also carry the RPN
+    head's cost, ``"head_cost"`` (as FCOS does for its dynamic head): a
+    :class:`~cvpods.layers.GateCost` of ``[N]`` MACs in the training losses, of 0-d tensors in each
+    image's results; ``inference(..., return_gate_maps=True)`` adds the ``"gate_maps"``.
     """
 
     def __init__(self, cfg, backbone: Backbone | None = None) -> None:
@@ -37,8 +43,6 @@ class GeneralizedRCNN(nn.Module):
         shapes = backbone.output_shape()
         self.proposal_generator = RPN(cfg, shapes)
         self.roi_heads = StandardROIHeads(cfg, shapes)
-        self.is_dynamic_head = isinstance(self.proposal_generator.rpn_head, DynamicRPNHead)
-        self.head_complexity = HeadComplexityMeter() if self.is_dynamic_head else None
 
         register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
         self.to(self.device)
@@ -48,9 +52,12 @@ class GeneralizedRCNN(nn.Module):
         """The gated head of this detector (the RPN head), for tools that inspect heads."""
         return self.proposal_generator.rpn_head
 
-    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+    def forward(
+        self, batched_inputs: list[dict], return_gate_maps: bool = False
+    ) -> dict[str, torch.Tensor] | list[dict]:
+        """Losses (training; ``return_gate_maps`` is ignored) or :meth:`inference` results."""
         if not self.training:
-            return self.inference(batched_inputs)
+            return self.inference(batched_inputs, return_gate_maps=return_gate_maps)
         if "instances" not in batched_inputs[0]:
             raise ValueError(
                 "GeneralizedRCNN in training mode needs 'instances' (gt_boxes, gt_classes) in every input"
@@ -63,19 +70,41 @@ class GeneralizedRCNN(nn.Module):
         return {**detector_losses, **proposal_losses}
 
     @torch.no_grad()
-    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list:
-        """Detections per image, rescaled to each input's ``height`` x ``width`` when
-        ``do_postprocess`` (else Instances in input-image coordinates)."""
+    def inference(
+        self,
+        batched_inputs: list[dict],
+        do_postprocess: bool = True,
+        return_gate_maps: bool = False,
+    ) -> list:
+        """Detections per image.
+
+        Args:
+            batched_inputs: one dict per image (see the class docstring).
+            do_postprocess: rescale to each input's ``height`` x ``width`` and return dicts;
+                False: return Instances in input-image coordinates (nothing else).
+            return_gate_maps: also return a gated RPN head's gate maps.
+
+        Returns:
+            per image ``{"instances": Instances}`` plus, for a dynamic RPN head,
+            ``"head_cost"`` (GateCost of 0-d tensors, MACs) and on request ``"gate_maps"`` (per
+            level ``[ceil(H / s), ceil(W / s)]`` in [0, 1]).
+        """
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        proposals, _ = self.proposal_generator(images, features, None)
-        cost = self.proposal_generator.last_cost
-        if cost is not None and self.head_complexity is not None:
-            self.head_complexity.update(cost.used)
+        proposals, rpn_outputs = self.proposal_generator(
+            images, features, None, return_gate_maps=return_gate_maps
+        )
         results, _ = self.roi_heads(images, features, proposals, None)
         if not do_postprocess:
             return results
-        return postprocess_batch(results, batched_inputs, images.image_sizes)
+        processed = postprocess_batch(results, batched_inputs, images.image_sizes)
+        extras = per_image_head_outputs(
+            rpn_outputs.get("head_cost"),
+            rpn_outputs.get("gate_maps"),
+            images.image_sizes,
+            self.proposal_generator.rpn_head.fpn_strides,
+        )
+        return [{**result, **extra} for result, extra in zip(processed, extras)]
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise each image and pad the batch to the backbone's size divisibility."""

@@ -4,6 +4,7 @@ every FPN level, decoded into per-image proposals for the ROI heads."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from ...utils.events import put_scalar_if_recording
 from ..anchor_generator import DefaultAnchorGenerator
 from ..box_regression import Box2BoxTransform
 from ..matcher import Matcher
+from ..postprocessing import batch_head_cost
 from .rpn_heads import build_rpn_head
 from .rpn_outputs import (
     decode_proposals,
@@ -31,11 +33,12 @@ logger = logging.getLogger(__name__)
 class RPN(nn.Module):
     """The RPN of cvpods: ``anchor_generator`` + ``rpn_head`` over MODEL.RPN.IN_FEATURES.
 
-    ``forward(images, features, gt_instances)`` returns ``(proposals, losses)``: per image
-    Instances with ``proposal_boxes`` and ``objectness_logits`` (input-image coordinates), and in
-    training ``loss_rpn_cls`` / ``loss_rpn_loc`` (times MODEL.RPN.LOSS_WEIGHT), plus
-    ``loss_budget`` for a dynamic head with MODEL.RPN.BUDGET_LOSS_LAMBDA != 0. ``last_cost`` holds
-    the dynamic head's per-image cost of the latest call (None for static heads).
+    ``forward(images, features, gt_instances)`` returns ``(proposals, outputs)``: per image
+    Instances with ``proposal_boxes`` and ``objectness_logits`` (input-image coordinates), and a
+    dict holding in training ``loss_rpn_cls`` / ``loss_rpn_loc`` (times MODEL.RPN.LOSS_WEIGHT),
+    plus ``loss_budget`` for a dynamic head with MODEL.RPN.BUDGET_LOSS_LAMBDA != 0; for a dynamic
+    head, also ``head_cost`` (:class:`~cvpods.layers.GateCost`, ``[N]`` MACs, detached) and, at
+    evaluation with ``return_gate_maps``, ``gate_maps`` (per level ``[N, H_l, W_l]``).
     """
 
     def __init__(self, cfg, input_shape: dict[str, ShapeSpec]) -> None:
@@ -65,17 +68,16 @@ class RPN(nn.Module):
             rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True
         )
         self.rpn_head = build_rpn_head(cfg, shapes, self.anchor_generator.num_cell_anchors)
-        self.last_cost = None
 
     def forward(
         self,
         images: ImageList,
         features: dict[str, torch.Tensor],
         gt_instances: list[Instances] | None = None,
-    ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        return_gate_maps: bool = False,
+    ) -> tuple[list[Instances], dict[str, Any]]:
         features = [features[f] for f in self.in_features]
-        outputs = self.rpn_head(features)
-        self.last_cost = outputs.cost
+        outputs = self.rpn_head(features, return_gate_maps=return_gate_maps and not self.training)
         anchors = self.anchor_generator(features)
         pred_objectness = flatten_objectness(outputs.objectness_logits)
         pred_deltas = flatten_anchor_deltas(outputs.anchor_deltas)
@@ -92,6 +94,9 @@ class RPN(nn.Module):
                 )
                 if self.budget_loss_lambda != 0:
                     losses["loss_budget"] = (cost.soft / cost.full).mean() * self.budget_loss_lambda
+        losses.update(batch_head_cost(outputs.cost))
+        if outputs.gate_maps is not None:
+            losses["gate_maps"] = outputs.gate_maps
 
         proposals = find_top_rpn_proposals(
             decode_proposals(anchors, pred_deltas, self.box2box_transform),

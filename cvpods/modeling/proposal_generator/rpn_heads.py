@@ -28,11 +28,14 @@ RPN_HEAD_NAMES = ("StandardRPNHead", "FixRPNHead", "DynamicRPNHead")
 @dataclass
 class RPNHeadOutputs:
     """Per level l: ``objectness_logits [N, A, H_l, W_l]``, ``anchor_deltas [N, A * 4, H_l, W_l]``;
-    ``cost``: the dynamic head's per-image cost in MACs (None for static heads)."""
+    ``cost``: the dynamic head's per-image cost in MACs (None for static heads); ``gate_maps``
+    (dynamic head, on request) per level ``[N, H_l, W_l]``: the fraction of depth cells computed
+    at each position."""
 
     objectness_logits: list[torch.Tensor]
     anchor_deltas: list[torch.Tensor]
     cost: GateCost | None = None
+    gate_maps: list[torch.Tensor] | None = None
 
 
 def _single_channel_count(input_shape: list[ShapeSpec]) -> int:
@@ -69,11 +72,17 @@ class _RPNPredictors(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
-    def predict(self, towers: list[torch.Tensor], cost: GateCost | None = None) -> RPNHeadOutputs:
+    def predict(
+        self,
+        towers: list[torch.Tensor],
+        cost: GateCost | None = None,
+        gate_maps: list[torch.Tensor] | None = None,
+    ) -> RPNHeadOutputs:
         return RPNHeadOutputs(
             [self.objectness_logits(x) for x in towers],
             [self.anchor_deltas(x) for x in towers],
             cost,
+            gate_maps,
         )
 
 
@@ -88,8 +97,11 @@ class StandardRPNHead(_RPNPredictors):
         nn.init.zeros_(self.conv.bias)
         self.build_predictors()
 
-    def forward(self, features: list[torch.Tensor]) -> RPNHeadOutputs:
-        """``features``: FPN levels ``[N, C, H_l, W_l]``, finest first."""
+    def forward(
+        self, features: list[torch.Tensor], return_gate_maps: bool = False
+    ) -> RPNHeadOutputs:
+        """``features``: FPN levels ``[N, C, H_l, W_l]``, finest first (a static head has no
+        gate maps: ``return_gate_maps`` is accepted and ignored)."""
         return self.predict([F.relu(self.conv(x)) for x in features])
 
     def cost_per_position(self) -> float:
@@ -121,7 +133,10 @@ class FixRPNHead(_RPNPredictors):
         )
         self.build_predictors()
 
-    def forward(self, features: list[torch.Tensor]) -> RPNHeadOutputs:
+    def forward(
+        self, features: list[torch.Tensor], return_gate_maps: bool = False
+    ) -> RPNHeadOutputs:
+        """``features``: FPN levels ``[N, C, H_l, W_l]``, finest first (no gate maps: static)."""
         levels = list(features)
         for stage in self.subnet:
             levels = stage(levels)
@@ -160,14 +175,18 @@ class DynamicRPNHead(_RPNPredictors):
         )
         self.build_predictors()
 
-    def forward(self, features: list[torch.Tensor]) -> RPNHeadOutputs:
-        costs = CostCollector()
+    def forward(
+        self, features: list[torch.Tensor], return_gate_maps: bool = False
+    ) -> RPNHeadOutputs:
+        """``features``: FPN levels ``[N, C, H_l, W_l]``, finest first. The outputs carry the
+        per-image cost and, with ``return_gate_maps``, the depth cells' gate maps."""
+        costs = CostCollector(keep_gate_maps=return_gate_maps)
         if not self.training:  # the sparse inference path reads and writes channels-last maps
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         levels = list(features)
         for stage in self.subnet:
             levels = stage(levels, costs)
-        return self.predict(levels, costs.total)
+        return self.predict(levels, costs.total, costs.gate_maps())
 
     def cost_per_position(self) -> float:
         return sum(stage.cost_per_position() for stage in self.subnet)

@@ -147,8 +147,11 @@ at::Tensor gate_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
   const bool fast_layout = x.scalar_type() == at::kFloat && g.c % kLanes == 0 &&
                            x.is_contiguous(at::MemoryFormat::ChannelsLast);
   if (!fast_layout) {
-    // Other dtypes / channel counts / layouts: the library convolution.
-    return at::conv2d(x, weight.to(x.scalar_type()), bias, {1, 1}, {1, 1});
+    // Other dtypes (bfloat16 outside autocast: autocast gives this operator float32) / channel
+    // counts / layouts: the library convolution, in the contiguous layout the operator returns.
+    const std::optional<at::Tensor> b =
+        bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt;
+    return at::conv2d(x, weight.to(x.scalar_type()), b, {1, 1}, {1, 1}).contiguous();
   }
   at::Tensor out = at::empty({g.n, g.cout, g.h, g.w}, x.options());
   if (out.numel() == 0) return out;

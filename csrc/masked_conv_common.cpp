@@ -1,5 +1,6 @@
 // Device-independent parts of the masked convolution: argument checks, active-position lists,
 // weight packing and the Python bindings of the extension module cvpods._C.
+#include <ATen/autocast_mode.h>
 #include <torch/extension.h>
 
 #include "masked_conv.h"
@@ -249,6 +250,75 @@ at::Tensor scatter_active_rows(const at::Tensor& rows, const at::Tensor& active,
   return out;
 }
 
+// ---- Autocast (torch.autocast) ----
+//
+// Without these kernels autocast would fall through to the device kernels with autocast still
+// active, so the ATen calls inside them (at::mm, at::conv2d, at::group_norm) would be cast on
+// their own and disagree with the kernels' data types. Each kernel below casts the operator's
+// inputs once, disables autocast, and calls the device kernel:
+//   masked_conv2d:    the autocast dtype (bfloat16 on CPU): x, weight, bias, residual and gate.
+//                     The GroupNorm affine stays as given (the kernels read it as float64), the
+//                     statistics are accumulated in float32 per row and float64 across rows.
+//   gate_conv2d,
+//   gated_depthwise:  float32 (converted at the operator boundary): the gate logits decide
+//                     where the head computes (their sign opens a gate), and the depthwise unit's
+//                     GroupNorm takes statistics over the whole map; both are memory-bound, so a
+//                     bfloat16 kernel would save little.
+template <c10::DeviceType kDevice>
+struct AutocastKernels {
+  static c10::DispatchKey key() {
+    return at::autocast::get_autocast_dispatch_key_from_device_type(kDevice);
+  }
+  static at::Tensor cast(at::ScalarType dtype, const at::Tensor& t) {
+    return at::autocast::cached_cast(dtype, t, kDevice);
+  }
+  static std::optional<at::Tensor> cast(at::ScalarType dtype, const std::optional<at::Tensor>& t) {
+    return at::autocast::cached_cast(dtype, t, kDevice);
+  }
+
+  static at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& mask,
+                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  int64_t padding, int64_t num_groups,
+                                  const std::optional<at::Tensor>& gn_weight,
+                                  const std::optional<at::Tensor>& gn_bias, double eps, bool relu,
+                                  const std::optional<at::Tensor>& residual,
+                                  const std::optional<at::Tensor>& gate, const std::string& impl,
+                                  double dense_from) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
+    const at::ScalarType dt = at::autocast::get_autocast_dtype(kDevice);
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cvpods::masked_conv2d", "")
+                         .typed<decltype(masked_conv2d_op)>();
+    return op.call(cast(dt, x), mask, cast(dt, weight), cast(dt, bias), padding, num_groups,
+                   gn_weight, gn_bias, eps, relu, cast(dt, residual), cast(dt, gate), impl,
+                   dense_from);
+  }
+
+  static at::Tensor gate_conv2d(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, bool simd) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cvpods::gate_conv2d", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                           const std::optional<at::Tensor>&, bool)>();
+    return op.call(cast(at::kFloat, x), cast(at::kFloat, weight), cast(at::kFloat, bias), simd);
+  }
+
+  static at::Tensor gated_depthwise(const at::Tensor& x, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, int64_t num_groups,
+                                    const std::optional<at::Tensor>& gn_weight,
+                                    const std::optional<at::Tensor>& gn_bias, double eps,
+                                    const at::Tensor& gate) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cvpods::gated_depthwise", "")
+                         .typed<decltype(gated_depthwise_cpu)>();
+    const at::ScalarType f = at::kFloat;
+    return op.call(cast(f, x), cast(f, weight), cast(f, bias), num_groups, cast(f, gn_weight),
+                   cast(f, gn_bias), eps, cast(f, gate));
+  }
+};
+
 }  // namespace
 }  // namespace cvpods
 
@@ -270,6 +340,22 @@ TORCH_LIBRARY_IMPL(cvpods, CPU, m) {
   m.impl("masked_conv2d", &cvpods::masked_conv2d_op);
   m.impl("gate_conv2d", &cvpods::gate_conv2d_cpu);
   m.impl("gated_depthwise", &cvpods::gated_depthwise_cpu);
+}
+
+TORCH_LIBRARY_IMPL(cvpods, AutocastCPU, m) {
+  using K = cvpods::AutocastKernels<c10::DeviceType::CPU>;
+  m.impl("masked_conv2d", &K::masked_conv2d);
+  m.impl("gate_conv2d", &K::gate_conv2d);
+  m.impl("gated_depthwise", &K::gated_depthwise);
+}
+
+// CUDA autocast (float16 or bfloat16, the autocast dtype): registered in every build; without
+// CUDA kernels the call below it fails with the usual "built without CUDA" message.
+TORCH_LIBRARY_IMPL(cvpods, Autocast, m) {
+  using K = cvpods::AutocastKernels<c10::DeviceType::CUDA>;
+  m.impl("masked_conv2d", &K::masked_conv2d);
+  m.impl("gate_conv2d", &K::gate_conv2d);
+  m.impl("gated_depthwise", &K::gated_depthwise);
 }
 
 #ifdef WITH_CUDA

@@ -2,7 +2,8 @@
 """Draw a detector's predictions on images or a video.
 
     python demo/demo.py --config cvpods_playground/<experiment> --input 'photos/*.jpg' \
-        --output out/ [--confidence-threshold 0.5] [--show-gates] [MODEL.WEIGHTS path] [KEY VALUE ...]
+        --output out/ [--confidence-threshold 0.5] [--show-gates] [--bf16 | --bf16-force] \
+        [MODEL.WEIGHTS path] [KEY VALUE ...]
 
 ``--config`` is an experiment folder (config.py + net.py) or its config.py. Weights default to
 the latest checkpoint of the experiment's OUTPUT_DIR; weights that fill less than
@@ -46,6 +47,12 @@ from cvpods.engine.launcher import (  # noqa: E402
     load_experiment,
     prepare_config,
 )
+from cvpods.engine.precision import (  # noqa: E402
+    add_precision_arguments,
+    apply_inference_dtype,
+    inference_dtype,
+    precision_overrides,
+)
 from cvpods.utils.logger import setup_logger  # noqa: E402
 from cvpods.utils.visualizer import draw_instances, overlay_heatmap  # noqa: E402
 
@@ -80,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--show-gates", action="store_true", help="also write the gate maps (dynamic heads)"
     )
+    add_precision_arguments(parser)  # --bf16, --bf16-force
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -247,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         inputs = expand_inputs(args.input)
         planned = plan_outputs(inputs, args.output, args.show_gates)
         cfg, build_model = load_experiment(folder)
-        cfg = prepare_config(cfg, folder, args.opts)
+        cfg = prepare_config(cfg, folder, [*args.opts, *precision_overrides(args)])
         weights = find_weights_to_test(cfg, folder, args.opts)
         cfg.MODEL.WEIGHTS = weights
         predictor = Predictor(cfg, build_model, record_gates=args.show_gates)
+        apply_inference_dtype(predictor.model, inference_dtype(cfg), cfg.MODEL.DEVICE)
     except (
         ExperimentError,
         ConfigError,

@@ -16,6 +16,7 @@ the median over ``--repeats`` rounds. Examples::
 
     python tools/benchmark_masked_conv.py --threads 2 --repeats 7
     python tools/benchmark_masked_conv.py --threads 1 --clock cpu   # robust on shared cores
+    python tools/benchmark_masked_conv.py --threads 1 --clock cpu --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="input, weight and GroupNorm dtype of every path (bfloat16: the break-even of "
+        "bfloat16 inference)",
+    )
+    parser.add_argument(
         "--clock",
         default="wall",
         choices=["wall", "cpu"],
@@ -122,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     gn = torch.nn.GroupNorm(32, c)
     torch.nn.init.normal_(gn.weight, 1.0, 0.1)
     torch.nn.init.normal_(gn.bias, 0.0, 0.1)
+    dtype = getattr(torch, args.dtype)
+    weight = weight.to(dtype)
+    gn = gn.to(dtype)
     post = MaskedEpilogue.from_group_norm(gn, relu=True)
     sparse_impl = "sparse" if get_extension() is not None else "torch"
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     print(
         f"# torch {torch.__version__}, {args.threads} threads, extension: "
         f"{get_extension() is not None}, sparse impl: {sparse_impl}, "
-        f"dense break-even: {dense_break_even(torch.device('cpu'), get_extension() is not None)}, "
+        f"dense break-even: "
+        f"{dense_break_even(torch.device('cpu'), get_extension() is not None, dtype)}, "
+        f"dtype: {args.dtype}, "
         f"repeats: {args.repeats}, clock: {args.clock}"
     )
     print(
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for size in args.sizes:
             h, w = MAP_SIZES[size]
-            x = torch.randn(1, c, h, w)
+            x = torch.randn(1, c, h, w).to(dtype)
             x_cl = x.contiguous(memory_format=torch.channels_last)
             for kind in args.kinds:
                 rng = np.random.default_rng(args.seed)

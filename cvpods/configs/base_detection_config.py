@@ -14,6 +14,13 @@ _DEFAULTS = dict(
         WEIGHTS="",
         # Evaluation / demo refuse weights that fill less than this share of the model's tensors.
         WEIGHTS_MIN_MATCHED_FRACTION=0.5,
+        # Inference precision of cvpods_test, the demo and DefaultTrainer.test: "float32" or
+        # "bfloat16" (the network under torch.autocast; GroupNorm statistics, gates, box decoding
+        # and NMS stay float32; see cvpods/engine/precision.py). Training is always float32.
+        INFERENCE_DTYPE="float32",
+        # bfloat16 on a CPU without native bfloat16 (AVX512-BF16 / AMX) runs float32 with a
+        # warning unless this is True (emulated bfloat16 is slower than float32).
+        INFERENCE_DTYPE_FORCE=False,
         # Per-channel mean / std (in INPUT.FORMAT order, 0..255 pixel units) used to normalise.
         PIXEL_MEAN=[103.530, 116.280, 123.675],
         PIXEL_STD=[1.0, 1.0, 1.0],

@@ -430,6 +430,8 @@ class DefaultTrainer(SimpleTrainer):
         """
         from cvpods.evaluation import inference_on_dataset, print_csv_format
 
+        from .precision import apply_inference_dtype, inference_dtype, precision_record
+
         datasets = list(cfg.DATASETS.TEST)
         if evaluators is not None and len(evaluators) != len(datasets):
             raise ValueError(
@@ -440,6 +442,8 @@ class DefaultTrainer(SimpleTrainer):
             model = model.module
         was_training = model.training
         results: dict[str, Any] = OrderedDict()
+        dtype = inference_dtype(cfg)  # MODEL.INFERENCE_DTYPE (float32 on a CPU without bf16)
+        precision = apply_inference_dtype(model, dtype, cfg.MODEL.get("DEVICE"))
         try:
             for index, name in enumerate(datasets):
                 loader = cls.build_test_loader(cfg, name)
@@ -447,6 +451,8 @@ class DefaultTrainer(SimpleTrainer):
                     evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, name)
                 )
                 dataset_results = inference_on_dataset(model, loader, evaluator)
+                if dataset_results:
+                    dataset_results = {**dataset_results, **precision_record(cfg, dtype)}
                 results[name] = dataset_results
                 if comm.is_main_process() and dataset_results:
                     logger.info("Evaluation results of %s in csv format:", name)
@@ -457,6 +463,7 @@ class DefaultTrainer(SimpleTrainer):
                         logger.info("Results of %s written to %s", name, os.path.abspath(path))
         finally:
             model.train(was_training)
+            precision.remove()
         return results
 
 

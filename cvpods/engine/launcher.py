@@ -79,6 +79,7 @@ from .defaults import (
     results_file,
 )
 from .launch import launch
+from .precision import add_precision_arguments, precision_overrides
 
 __all__ = [
     "EvaluationTarget",
@@ -475,9 +476,11 @@ def _parse(
 ) -> argparse.Namespace:
     parser = default_argument_parser(description, training=training)
     parser.prog = prog
+    add_precision_arguments(parser)
     args = parser.parse_intermixed_args(argv)
     if len(args.opts) % 2:
         parser.error(f"config overrides come as KEY VALUE pairs; got {args.opts}")
+    args.opts = [*args.opts, *precision_overrides(args)]
     return args
 
 

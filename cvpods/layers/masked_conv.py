@@ -30,6 +30,7 @@ from cvpods._extension import get_extension
 
 __all__ = [
     "DENSE_BREAK_EVEN_CPU",
+    "DENSE_BREAK_EVEN_CPU_BF16",
     "DENSE_BREAK_EVEN_CPU_FALLBACK",
     "DENSE_BREAK_EVEN_CUDA",
     "MaskedConv2d",
@@ -49,6 +50,10 @@ __all__ = [
 # The pure-PyTorch fallback costs ~1.7x per active position (0.86 at 0.5, 1.30 at 0.75): ~0.55.
 DENSE_BREAK_EVEN_CPU = 0.85
 DENSE_BREAK_EVEN_CPU_FALLBACK = 0.55
+# bfloat16 inputs (torch.autocast, MODEL.INFERENCE_DTYPE bfloat16): the same measurement with
+# `--dtype bfloat16`, on a CPU without native bfloat16 (AVX2 only: both oneDNN's bf16 convolution
+# and the bf16 GEMM are emulated, and the convolution more slowly than the GEMM).
+DENSE_BREAK_EVEN_CPU_BF16 = 0.85
 # Not measured (no GPU on the development machine): the gather + cuBLAS GEMM path is assumed to
 # break even with cuDNN at about half density, as sparse-position kernels typically do on GPUs.
 DENSE_BREAK_EVEN_CUDA = 0.5
@@ -261,14 +266,33 @@ def _gated_residual(
     return torch.relu(out + residual).contiguous(memory_format=torch.channels_last)
 
 
-def dense_break_even(device: torch.device, compiled: bool = True) -> float:
+def dense_break_even(
+    device: torch.device, compiled: bool = True, dtype: torch.dtype | None = None
+) -> float:
     """Active fraction from which :func:`masked_conv2d` runs the dense convolution instead.
 
-    ``compiled``: whether the sparse path is the compiled kernel (else the PyTorch fallback).
+    ``compiled``: whether the sparse path is the compiled kernel (else the PyTorch fallback);
+    ``dtype``: the input's dtype (bfloat16 has its own measured break-even).
     """
     if device.type == "cuda":
         return DENSE_BREAK_EVEN_CUDA
-    return DENSE_BREAK_EVEN_CPU if compiled else DENSE_BREAK_EVEN_CPU_FALLBACK
+    if not compiled:
+        return DENSE_BREAK_EVEN_CPU_FALLBACK
+    return DENSE_BREAK_EVEN_CPU_BF16 if dtype == torch.bfloat16 else DENSE_BREAK_EVEN_CPU
+
+
+def _autocast_inputs(x, weight, bias, residual, gate):
+    """Under ``torch.autocast`` on ``x``'s device: x, weight, bias, residual and gate in the
+    autocast dtype (as the operator's Autocast kernel casts them; float64 is left alone)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type) or torch.float64 in (x.dtype, weight.dtype):
+        return x, weight, bias, residual, gate
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() else t
+
+    return cast(x), cast(weight), cast(bias), cast(residual), cast(gate)
 
 
 def _uses_extension(x: torch.Tensor) -> bool:
@@ -292,8 +316,10 @@ def masked_conv2d(
 
     Args:
         x: ``[N, C, H, W]`` input, any strides (channels-last is read directly; other layouts only
-            at the positions the convolution reads), float32/float64 (and float16/bfloat16 on
-            CUDA).
+            at the positions the convolution reads), float32/float64/bfloat16 (and float16 on
+            CUDA). Under ``torch.autocast`` x, weight, bias, residual and gate are cast to the
+            autocast dtype (bfloat16 on CPU) first; GroupNorm statistics are accumulated in
+            float32 / float64 whatever the dtype.
         mask: ``[N, H, W]`` bool or float; a position is computed where ``mask > 0``.
         weight: ``[Cout, C, k, k]`` with odd ``k`` (1 or 3 in practice).
         bias: optional ``[Cout]``, added before the epilogue.
@@ -322,6 +348,7 @@ def masked_conv2d(
             x, mask, weight, bias, padding, post.num_groups, post.weight, post.bias, post.eps,
             post.relu, residual, gate, impl, dense_break_even(torch.device("cpu")),
         )  # fmt: skip
+    x, weight, bias, residual, gate = _autocast_inputs(x, weight, bias, residual, gate)
     _check_inference_only(
         {"x": x, "weight": weight, "bias": bias, "post.weight": post.weight, "post.bias": post.bias,
          "residual": residual, "gate": gate}
@@ -332,7 +359,7 @@ def masked_conv2d(
     if impl != "torch" and _uses_extension(x):
         return torch.ops.cvpods.masked_conv2d(
             x, mask, weight, bias, padding, post.num_groups, post.weight, post.bias, post.eps,
-            post.relu, residual, gate, impl, dense_break_even(x.device, compiled=True),
+            post.relu, residual, gate, impl, dense_break_even(x.device, True, x.dtype),
         )  # fmt: skip
     if impl == "sparse":
         raise RuntimeError("masked_conv2d(impl='sparse') needs the compiled extension cvpods._C")

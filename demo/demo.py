@@ -23,7 +23,9 @@ import argparse
 import glob
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -53,6 +55,7 @@ from cvpods.engine.precision import (  # noqa: E402
     inference_dtype,
     precision_overrides,
 )
+from cvpods.utils.file_io import atomic_write  # noqa: E402
 from cvpods.utils.logger import setup_logger  # noqa: E402
 from cvpods.utils.visualizer import draw_instances, overlay_heatmap  # noqa: E402
 
@@ -211,11 +214,17 @@ def log_prediction(name: str, prediction: Prediction, threshold: float) -> None:
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
-    """Write through a temporary file in the same folder, then rename."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), image):
+    """Encode ``image`` (BGR ``[H, W, 3]`` uint8) in the format of ``path``'s suffix and write it
+    atomically (:func:`cvpods.utils.file_io.atomic_write`)."""
+    ok, encoded = cv2.imencode(path.suffix or ".jpg", image)
+    if not ok:
         raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    atomic_write(path, encoded.tobytes())
+
+
+def _copy_file(source: str, target) -> None:
+    with open(source, "rb") as f:
+        shutil.copyfileobj(f, target)
 
 
 def run_video(predictor: Predictor, source: Path, out_path: Path, class_names, args) -> None:
@@ -226,7 +235,9 @@ def run_video(predictor: Predictor, source: Path, out_path: Path, class_names, a
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.mp4")
+    # OpenCV writes videos to a file name: a scratch file, copied atomically into place.
+    scratch = tempfile.TemporaryDirectory()
+    tmp = Path(scratch.name) / f"{out_path.stem}.mp4"
     for _ in tqdm.tqdm(range(frames) if frames else iter(int, 1), desc=source.name, unit="frame"):
         ok, frame = capture.read()
         if not ok:
@@ -239,10 +250,13 @@ def run_video(predictor: Predictor, source: Path, out_path: Path, class_names, a
             )
         writer.write(drawn)
     capture.release()
-    if writer is None:
-        raise OSError(f"{source}: no frame could be read")
-    writer.release()
-    os.replace(tmp, out_path)
+    try:
+        if writer is None:
+            raise OSError(f"{source}: no frame could be read")
+        writer.release()
+        atomic_write(out_path, str(tmp), save_fn=_copy_file)
+    finally:
+        scratch.cleanup()
     logger.info("wrote %s", out_path)
 
 

@@ -19,6 +19,7 @@ from test_engine_support import (  # noqa: F401 - autouse fixtures
 from test_robustness_support import load_demo, write_tiny_fcos_experiment
 
 from cvpods.checkpoint import DiskFullError, file_io
+from cvpods.utils import file_io as atomic_file_io
 from cvpods.engine import launcher as launcher_module
 from cvpods.engine.defaults import default_argument_parser
 
@@ -131,7 +132,7 @@ def test_cvpods_test_help_lists_no_training_flags(capsys: pytest.CaptureFixture)
 # ------------------------------------------------------------------ a full disk (item 5)
 def _full_disk_for_binary_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """Binary atomic writes (checkpoints) go to /dev/full, whose writes fail with ENOSPC."""
-    real = file_io._open_temporary
+    real = atomic_file_io._open_temporary
 
     def open_temporary(fd: int, mode: str):
         if "b" not in mode:
@@ -139,7 +140,7 @@ def _full_disk_for_binary_files(monkeypatch: pytest.MonkeyPatch) -> None:
         os.close(fd)
         return open("/dev/full", mode)  # noqa: SIM115 - closed by the caller's with
 
-    monkeypatch.setattr(file_io, "_open_temporary", open_temporary)
+    monkeypatch.setattr(atomic_file_io, "_open_temporary", open_temporary)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

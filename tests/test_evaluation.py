@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from cvpods.configs import FCOSConfig
-from cvpods.data import DatasetCatalog, MetadataCatalog, build_test_loader
+from cvpods.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_test_loader,
+    register_shapes_from_config,
+)
 from cvpods.evaluation import (
     COCOEvaluator,
     DatasetEvaluators,
@@ -161,6 +166,7 @@ def cfg(tmp_path, monkeypatch):
         ("ResizeShortestEdge", dict(short_edge_length=64, max_size=100, sample_style="choice"))
     ]
     cfg.DATALOADER.NUM_WORKERS = 0
+    register_shapes_from_config(cfg)  # the data layer registers datasets, not the evaluator
     return cfg
 
 

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from cvpods.configs import FCOSConfig
-from cvpods.data import DatasetCatalog, build_test_loader
+from cvpods.data import DatasetCatalog, build_test_loader, register_shapes_from_config
 from cvpods.evaluation import (
     COCOEvaluator,
     DatasetEvaluators,
@@ -28,6 +28,7 @@ def _config() -> FCOSConfig:
     cfg.DATASETS.SHAPES.update(NUM_TRAIN=4, NUM_VAL=9, MIN_SIZE=64, MAX_SIZE=80, SEED=3)
     cfg.INPUT.AUG.TEST_PIPELINES = []
     cfg.DATALOADER.NUM_WORKERS = 0
+    register_shapes_from_config(cfg)  # the data layer registers datasets, not the evaluator
     return cfg
 
 

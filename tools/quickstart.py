@@ -172,10 +172,10 @@ def read_results(path: Path, step: str) -> dict[str, Any]:
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """``obj`` as indented JSON in ``path`` (:func:`cvpods.utils.file_io.atomic_write`)."""
+    from cvpods.utils.file_io import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=2))
 
 
 def move_aside(output_dir: Path) -> None:

@@ -35,17 +35,11 @@ from .weight_formats import WeightsContent, parse_weights
 
 __all__ = ["DetectionCheckpointer", "LAST_CHECKPOINT_FILE", "unwrap_model"]
 
+unwrap_model = comm.unwrap_model  # the one unwrap; kept here for ``cvpods.checkpoint`` users
+
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` (else ``model``)."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
 
 
 class DetectionCheckpointer:
@@ -101,7 +95,7 @@ class DetectionCheckpointer:
         clash = set(extra) & ({"model"} | set(self.checkpointables))
         if clash:
             raise ValueError(f"extra entries {sorted(clash)} clash with the saved state dicts")
-        data: dict[str, Any] = {"model": unwrap_model(self.model).state_dict()}
+        data: dict[str, Any] = {"model": comm.unwrap_model(self.model).state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(extra)
@@ -205,7 +199,7 @@ class DetectionCheckpointer:
         return remaining
 
     def _load_model(self, content: WeightsContent, source: str) -> LoadReport:
-        model = unwrap_model(self.model)
+        model = comm.unwrap_model(self.model)
         target = model.state_dict()
         aligned, renaming = align_to_model(content.state_dict, target.keys())
         if content.affine_norms:

@@ -1,31 +1,29 @@
-"""Reading and writing checkpoint files: atomic writes, weights-only reads.
+"""Reading checkpoint files safely, and checking them before they are written.
 
-Writes go to a temporary file in the destination folder and are renamed over the destination
-(``os.replace`` is atomic on POSIX and Windows), so a crash or a failing ``torch.save`` never leaves
-a truncated checkpoint under the real name. Reads never unpickle arbitrary objects: torch files use
+Writes use the one atomic writer of :mod:`cvpods.utils.file_io` (re-exported here:
+:func:`atomic_write`, :func:`atomic_save`, :func:`atomic_write_text`, :class:`DiskFullError`,
+:func:`remove_temporary_files`), so a crash or a failing ``torch.save`` never leaves a truncated
+checkpoint under the real name. Reads never unpickle arbitrary objects: torch files use
 ``torch.load(weights_only=True)`` and ``.pkl`` files the restricted unpickler of
-:mod:`cvpods.checkpoint.safe_pickle`.
-
-Errors a person can act on: a full disk raises :class:`DiskFullError` ("no space left on device:
-<path>"); a file that is no checkpoint at all (a text file, an HTML error page, a Git LFS pointer,
-an image) raises :class:`NotACheckpointError` saying what it looks like. Temporary files left by
-an interrupted write (``.<name>.<12 hex digits>.tmp``) are found and removed by
-:func:`remove_temporary_files`.
-"""
+:mod:`cvpods.checkpoint.safe_pickle`. A file that is no checkpoint at all (a text file, an HTML
+error page, a Git LFS pointer, an image) raises :class:`NotACheckpointError` saying what it
+looks like."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import pickle
-import re
-import uuid
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from ..utils.file_io import (
+    DiskFullError,
+    atomic_save,
+    atomic_write,
+    atomic_write_text,
+    remove_temporary_files,
+)
 from .safe_pickle import UnsafeCheckpointError, load_pickle_safely
 
 __all__ = [
@@ -33,6 +31,7 @@ __all__ = [
     "DiskFullError",
     "NotACheckpointError",
     "atomic_save",
+    "atomic_write",
     "atomic_write_text",
     "check_checkpoint_file",
     "check_weights_only_loadable",
@@ -46,121 +45,10 @@ PICKLE_EXTENSIONS = (".pkl", ".pickle")
 _ZIP_MAGIC = b"PK\x03\x04"
 # Pickle protocols 2..5 start with the PROTO opcode; legacy (pre-1.6) torch.save files too.
 _PICKLE_PROTO = b"\x80"
-# The temporary files of _atomic_file: ".<destination name>.<12 hex digits>.tmp".
-_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
-
-
-class DiskFullError(OSError):
-    """A write failed because the device is full; ``str()`` is "no space left on device: <path>".
-
-    The destination was left as it was (writes go through a temporary file).
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__(errno.ENOSPC, "no space left on device", path)
-        self.path = path
-
-    def __str__(self) -> str:
-        return f"no space left on device: {self.path} (the file was left unchanged)"
 
 
 class NotACheckpointError(pickle.UnpicklingError, RuntimeError):
     """The file is not a checkpoint (or a weights pickle) at all: the message says what it is."""
-
-
-def _is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or an exception it was raised from) is ENOSPC / EDQUOT."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        # torch's C++ writer reports the failure as a RuntimeError holding the system message.
-        if "No space left on device" in str(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _open_temporary(fd: int, mode: str) -> IO:
-    """The file object written by :func:`_atomic_file` (a seam for tests that simulate errors)."""
-    return os.fdopen(fd, mode)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str, mode: str, verify: Callable[[str], None] | None = None) -> Iterator[IO]:
-    """A temporary file next to ``path`` that replaces ``path`` if the block finishes normally.
-
-    Raises:
-        DiskFullError: the device is full (the temporary file is removed, ``path`` unchanged).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp_path = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    # Unlike tempfile.mkstemp (always 0600), os.open honours the umask like a normal file write.
-    try:
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        if _is_disk_full(e):
-            raise DiskFullError(path) from e
-        raise
-    try:
-        with _open_temporary(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        if isinstance(e, Exception) and not isinstance(e, DiskFullError) and _is_disk_full(e):
-            raise DiskFullError(path) from e
-        raise
-
-
-def remove_temporary_files(folder: str) -> list[str]:
-    """Delete the temporary files that interrupted atomic writes left in ``folder``.
-
-    Only names of the form ``.<name>.<12 hex digits>.tmp`` (what the writers of this module
-    create) are touched. Call it only when no other process writes into ``folder`` (the
-    launchers hold the OUTPUT_DIR lock). Returns the removed paths.
-    """
-    removed: list[str] = []
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for name in sorted(names):
-        path = os.path.join(folder, name)
-        if _TEMPORARY_NAME.fullmatch(name) and os.path.isfile(path):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-                removed.append(path)
-    return removed
-
-
-def atomic_save(
-    obj: Any,
-    path: str,
-    save_fn: Callable[[Any, IO[bytes]], None] = torch.save,
-    verify: Callable[[str], None] | None = None,
-) -> None:
-    """``save_fn(obj, file)`` into a temporary file, then rename it to ``path``.
-
-    ``verify(temporary_path)``, if given, runs on the complete temporary file before the rename;
-    if it raises, the temporary file is removed and ``path`` is left as it was.
-    """
-    with _atomic_file(path, "wb", verify) as f:
-        save_fn(obj, f)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    with _atomic_file(path, "w") as f:
-        f.write(text)
 
 
 def _locate(obj: Any, type_names: set[str], where: str) -> str | None:

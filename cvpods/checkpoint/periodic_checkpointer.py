@@ -49,15 +49,25 @@ class PeriodicCheckpointer:
         self.max_iter = None if max_iter is None else int(max_iter)
         self.max_to_keep = int(max_to_keep) if max_to_keep else None
 
+    def _periodic_due(self, iteration: int) -> bool:
+        return (iteration + 1) % self.period == 0
+
+    def _final_due(self, iteration: int) -> bool:
+        return self.max_iter is not None and iteration == self.max_iter - 1
+
+    def saves_at(self, iteration: int) -> bool:
+        """Whether :meth:`step` writes a file after ``iteration`` (0-based): the schedule."""
+        return self._periodic_due(int(iteration)) or self._final_due(int(iteration))
+
     def step(self, iteration: int, **extra: Any) -> None:
         """Save what is due after ``iteration``; ``extra`` (plus ``iteration``) goes in the file."""
         iteration = int(iteration)
         extra["iteration"] = iteration
-        if (iteration + 1) % self.period == 0:
+        if self._periodic_due(iteration):
             self.checkpointer.save(f"model_{iteration:07d}", **extra)
             if self.max_to_keep is not None:
                 self._delete_old(iteration)
-        if self.max_iter is not None and iteration == self.max_iter - 1:
+        if self._final_due(iteration):
             self.checkpointer.save("model_final", **extra)
 
     def save(self, name: str, **extra: Any) -> None:

@@ -6,6 +6,10 @@ import torch
 
 from .base_config import BaseConfig
 
+#: Defaults of ``DATASETS.SHAPES`` (the one copy: the config, the presets and
+#: :func:`cvpods.data.datasets.register_shapes` without a config all read it).
+SHAPES_DEFAULTS = dict(NUM_TRAIN=2000, NUM_VAL=200, MIN_SIZE=256, MAX_SIZE=384, SEED=0)
+
 _DEFAULTS = dict(
     MODEL=dict(
         # "cuda" where a GPU is visible, else "cpu"; set it explicitly to pin a device.
@@ -80,7 +84,7 @@ _DEFAULTS = dict(
         # The generated "shapes_train" / "shapes_val" datasets, made on first use under
         # $CVPODS_DATASETS (default ./datasets)/shapes/: image counts, side length range in
         # pixels (each side drawn in [MIN_SIZE, MAX_SIZE]) and seed.
-        SHAPES=dict(NUM_TRAIN=2000, NUM_VAL=200, MIN_SIZE=256, MAX_SIZE=384, SEED=0),
+        SHAPES=dict(SHAPES_DEFAULTS),
         # Leave out (and count) missing/unreadable images and malformed annotations; else error.
         SKIP_BAD_DATA=False,
     ),

@@ -6,6 +6,8 @@ differences (head type and depth, budget lambda, ...).
 
 from __future__ import annotations
 
+from .base_detection_config import SHAPES_DEFAULTS
+
 #: COCO 2017, ResNet-50 from MSRA ImageNet weights, 1x schedule (90k iterations of 16 images), and
 #: the improved FCOS every release experiment uses: centerness on the regression branch,
 #: stride-normalised regression targets, GIoU loss, centre sampling. The input pipelines are the
@@ -74,7 +76,7 @@ SHAPES_R18_GN_FROM_SCRATCH = dict(
     DATASETS=dict(
         TRAIN=("shapes_train",),
         TEST=("shapes_val",),
-        SHAPES=dict(NUM_TRAIN=2000, NUM_VAL=200, MIN_SIZE=256, MAX_SIZE=384, SEED=0),
+        SHAPES=dict(SHAPES_DEFAULTS),
     ),
     DATALOADER=dict(NUM_WORKERS=1),
     SOLVER=dict(

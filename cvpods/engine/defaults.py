@@ -438,8 +438,7 @@ class DefaultTrainer(SimpleTrainer):
                 f"{len(evaluators)} evaluators given for {len(datasets)} datasets "
                 f"in DATASETS.TEST ({datasets})"
             )
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
+        model = comm.unwrap_model(model)
         was_training = model.training
         results: dict[str, Any] = OrderedDict()
         dtype = inference_dtype(cfg)  # MODEL.INFERENCE_DTYPE (float32 on a CPU without bf16)

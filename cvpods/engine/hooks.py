@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from cvpods.checkpoint.periodic_checkpointer import PeriodicCheckpointer as _CheckpointSchedule
 from cvpods.utils import comm
 from cvpods.utils.env import preserve_rng_state
 from cvpods.utils.events import EventWriter
@@ -105,8 +106,8 @@ class LRScheduler(HookBase):
         self._scheduler.step()
 
 
-class PeriodicCheckpointer(HookBase):
-    """Save checkpoints through :class:`cvpods.checkpoint.PeriodicCheckpointer`.
+class PeriodicCheckpointer(_CheckpointSchedule, HookBase):
+    """:class:`cvpods.checkpoint.PeriodicCheckpointer` as a training hook (same schedule).
 
     ``model_{iter:07d}.pth`` after every ``period`` iterations and ``model_final.pth`` after the
     last one; at most ``max_to_keep`` periodic files are kept. Each file also holds what
@@ -115,7 +116,7 @@ class PeriodicCheckpointer(HookBase):
 
     Args:
         checkpointer: a :class:`cvpods.checkpoint.DetectionCheckpointer`.
-        period: iterations between checkpoints.
+        period: iterations between checkpoints (> 0).
         max_iter: the training length (for ``model_final``).
         max_to_keep: periodic checkpoints to keep (``None`` or 0: all).
         state_fn: extra entries for the checkpoint, e.g. ``{"rng": ...}``.
@@ -129,20 +130,8 @@ class PeriodicCheckpointer(HookBase):
         max_to_keep: int | None = None,
         state_fn: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        from cvpods.checkpoint import PeriodicCheckpointer as _Periodic
-
-        if period <= 0:
-            raise ValueError(f"checkpoint period must be > 0, got {period}")
-        self.period = period
-        self.max_iter = max_iter
-        self._periodic = _Periodic(
-            checkpointer, period, max_iter=max_iter, max_to_keep=max_to_keep or None
-        )
+        super().__init__(checkpointer, period, max_iter=max_iter, max_to_keep=max_to_keep or None)
         self._state_fn = state_fn
-
-    def saves_at(self, iteration: int) -> bool:
-        """Whether a checkpoint is written after ``iteration``."""
-        return (iteration + 1) % self.period == 0 or iteration >= self.max_iter - 1
 
     def after_step(self) -> None:
         iteration = self.trainer.iter
@@ -150,7 +139,7 @@ class PeriodicCheckpointer(HookBase):
             return
         extra = self._state_fn() if self._state_fn is not None else {}
         if comm.is_main_process():
-            self._periodic.step(iteration, **extra)
+            self.step(iteration, **extra)
         comm.synchronize()
 
 

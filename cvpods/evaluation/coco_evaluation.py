@@ -18,13 +18,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
-from ..checkpoint.file_io import atomic_write_text
 from ..data.build import skip_bad_data
 from ..data.catalog import DatasetCatalog, MetadataCatalog
-from ..data.datasets import load_coco_api, register_shapes_from_config
+from ..data.datasets import load_coco_api
 from ..data.datasets.coco import remove_bad_annotations
 from ..data.validation import skipping_bad_data
 from ..utils import comm
+from ..utils.file_io import atomic_write
 from .evaluator import DatasetEvaluator
 
 logger = logging.getLogger(__name__)
@@ -108,11 +108,6 @@ def coco_api_from_dicts(dataset_dicts: list[dict], metadata: Any) -> COCO:
     return coco
 
 
-def _write_json_atomic(path: str, data: Any) -> None:
-    """Strict JSON (no NaN) through a temporary file and a rename."""
-    atomic_write_text(json.dumps(data, allow_nan=False), path)
-
-
 def _finite_detections(detections: list[dict], dataset_name: str) -> list[dict]:
     """Drop detections with a NaN / infinite box or score (a diverged model), with a warning."""
     kept = [
@@ -157,9 +152,11 @@ class COCOEvaluator(DatasetEvaluator):
     category ids, XYWH boxes).
 
     Args:
-        dataset_name: a name in :data:`~cvpods.data.DatasetCatalog`.
-        cfg: if given, ``DATASETS.SHAPES`` (for the shapes datasets) and
-            ``TEST.DETECTIONS_PER_IMAGE`` (the largest maxDets) are taken from it.
+        dataset_name: a name registered in :data:`~cvpods.data.DatasetCatalog` (the data layer
+            registers datasets: :func:`cvpods.data.build_test_loader` or
+            :func:`cvpods.data.register_shapes_from_config`; the evaluator never does).
+        cfg: if given, ``TEST.DETECTIONS_PER_IMAGE`` (the largest maxDets) and
+            ``DATASETS.SKIP_BAD_DATA`` are taken from it.
         distributed: gather the predictions of all processes to the main one before evaluating.
         output_dir: where to write the results file (not written if None).
     """
@@ -177,7 +174,6 @@ class COCOEvaluator(DatasetEvaluator):
         self.max_dets = 100
         skip = False
         if cfg is not None:
-            register_shapes_from_config(cfg)
             self.max_dets = int(cfg.get("TEST", {}).get("DETECTIONS_PER_IMAGE", 100))
             skip = skip_bad_data(cfg)
         with skipping_bad_data(skip):
@@ -231,7 +227,7 @@ class COCOEvaluator(DatasetEvaluator):
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
             path = os.path.join(self.output_dir, RESULTS_FILE)
-            _write_json_atomic(path, detections)
+            atomic_write(path, json.dumps(detections, allow_nan=False))  # strict JSON
             logger.info("Wrote %d detections to %s", len(detections), path)
         return {"bbox": self._evaluate_boxes(detections, image_ids)}
 

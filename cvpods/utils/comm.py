@@ -6,6 +6,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (else ``model``).
+
+    Args:
+        model: a model, possibly wrapped (several times).
+
+    Returns:
+        the innermost wrapped module (state-dict keys without the ``module.`` prefix).
+    """
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
 
 
 def is_dist_ready() -> bool:

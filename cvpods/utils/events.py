@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .file_io import atomic_write
+
 __all__ = [
     "put_scalar_if_recording",
     "CommonMetricPrinter",
@@ -338,10 +340,7 @@ class JSONWriter(EventWriter):
                     continue  # a line cut by a kill: drop it
                 if isinstance(record, dict) and record.get("iteration", -1) < start_iter:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = f"{self._path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, self._path)
+        atomic_write(self._path, "".join(kept))
 
     def write(self) -> None:
         storage = get_event_storage()

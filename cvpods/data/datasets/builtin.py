@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ...configs.base_detection_config import SHAPES_DEFAULTS
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .coco import contiguous_id_map, load_coco_json
 from .paths import DATASET_ROOT_ENV, default_dataset_root, get_dataset_root
@@ -36,11 +37,6 @@ COCO_SPLITS: dict[str, tuple[str, str]] = {
         "coco/annotations/instances_valminusminival2014.json",
     ),
 }
-
-#: Defaults of ``DATASETS.SHAPES`` (also used when shapes are registered without a config).
-SHAPES_DEFAULTS: dict[str, Any] = dict(
-    NUM_TRAIN=2000, NUM_VAL=200, MIN_SIZE=256, MAX_SIZE=384, SEED=0
-)
 
 
 def _root_description(root: str) -> str:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from ...utils.file_io import atomic_write, remove_temporary_files
 from .paths import get_dataset_root
 
 logger = logging.getLogger(__name__)
@@ -372,13 +373,6 @@ def _render(spec: ShapesSpec, index: int, height: int, width: int, shapes: list[
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _exclusive_lock(path: str) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed); a no-op without ``fcntl``."""
@@ -410,13 +404,14 @@ def _generate_into(spec: ShapesSpec, folder: str) -> None:
         name = _image_name(index)
         path = os.path.join(image_dir, name)
         if not os.path.isfile(path):
-            _write_atomic(path, _render(spec, index, height, width, shapes))
+            atomic_write(path, _render(spec, index, height, width, shapes))
             rendered += 1
         image_id = index + 1
         images.append({"id": image_id, "file_name": name, "height": height, "width": width})
         for ann in _annotations(shapes):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-    for name in os.listdir(image_dir):  # temporary files of writes cut short by an interruption
+    remove_temporary_files(image_dir)  # writes cut short by an interruption
+    for name in os.listdir(image_dir):  # the temporary names of older versions
         if ".jpg.tmp" in name:
             os.remove(os.path.join(image_dir, name))
     if rendered < spec.num_images:
@@ -434,7 +429,7 @@ def _generate_into(spec: ShapesSpec, folder: str) -> None:
             for cid, name in zip(SHAPE_CATEGORY_IDS, SHAPE_CLASSES)
         ],
     }
-    _write_atomic(os.path.join(folder, "annotations.json"), json.dumps(coco).encode())
+    atomic_write(os.path.join(folder, "annotations.json"), json.dumps(coco).encode())
 
 
 def generate_shapes(spec: ShapesSpec, root: str | os.PathLike | None = None) -> ShapesFiles:

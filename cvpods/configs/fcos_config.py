@@ -42,7 +42,6 @@ _FCOS_DEFAULTS = dict(
                 [256, 512],
                 [512, float("inf")],
             ],
-            NORM_SYNC=True,
             # Fine-grained dynamic head: gate maps per unit (channels are split among them).
             NUM_GROUPS=1,
             # "ReTanH", "GeReTanH" (needs tau) or "Sigmoid".

@@ -26,7 +26,6 @@ class ShiftGenerator(nn.Module):
             raise ValueError(f"MODEL.SHIFT_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
-        self.num_cell_shifts = [num_shifts] * len(self.strides)
 
     def grid(self, size: Sequence[int], stride: int, device: torch.device) -> torch.Tensor:
         """``[h * w, 2]`` locations ``(x, y)`` of an ``h x w`` level."""

@@ -79,20 +79,6 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
-    """Scalar tensors summed (or averaged) over processes, keys in sorted order; result on rank 0."""
-    world_size = get_world_size()
-    if world_size == 1:
-        return values
-    with torch.no_grad():
-        names = sorted(values)
-        stacked = torch.stack([values[k] for k in names], dim=0)
-        dist.reduce(stacked, dst=0)
-        if average and get_rank() == 0:
-            stacked /= world_size
-        return dict(zip(names, stacked))
-
-
 def shared_random_seed() -> int:
     """A random integer that is the same in every process (drawn on rank 0)."""
     import numpy as np

@@ -59,7 +59,6 @@ class FCOS(nn.Module):
     ) -> None:
         super().__init__()
         fcos = cfg.MODEL.FCOS
-        self.device = torch.device(cfg.MODEL.DEVICE)
         self.num_classes = fcos.NUM_CLASSES
         self.in_features = list(fcos.IN_FEATURES)
         self.fpn_strides = list(fcos.FPN_STRIDES)
@@ -98,7 +97,11 @@ class FCOS(nn.Module):
         self.shift2box_transform = Shift2BoxTransform(fcos.BBOX_REG_WEIGHTS)
 
         register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
-        self.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (the caller moves the model: ``model.to(device)``)."""
+        return self.pixel_mean.device
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -36,7 +36,6 @@ class GeneralizedRCNN(nn.Module):
 
     def __init__(self, cfg, backbone: Backbone | None = None) -> None:
         super().__init__()
-        self.device = torch.device(cfg.MODEL.DEVICE)
         if backbone is None:
             backbone = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
         self.backbone = backbone
@@ -45,7 +44,11 @@ class GeneralizedRCNN(nn.Module):
         self.roi_heads = StandardROIHeads(cfg, shapes)
 
         register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
-        self.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (the caller moves the model: ``model.to(device)``)."""
+        return self.pixel_mean.device
 
     @property
     def head(self) -> nn.Module:

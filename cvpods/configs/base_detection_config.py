@@ -112,6 +112,10 @@ _DEFAULTS = dict(
         # Weight decay of normalisation layers' affine parameters.
         WEIGHT_DECAY_NORM=0.0,
         BIAS_LR_FACTOR=1.0,
+        # Learning-rate factor of the spatial gates' parameters (gate convs). 1.0 in every
+        # release experiment; the short CPU schedules of the shapes experiments raise it so that
+        # the gates can close within a few hundred iterations (see README, "shapes results").
+        GATE_LR_FACTOR=1.0,
         # Weight decay of biases; None: WEIGHT_DECAY (as in the release).
         WEIGHT_DECAY_BIAS=None,
         CLIP_GRADIENTS=dict(

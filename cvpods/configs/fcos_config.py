@@ -51,6 +51,9 @@ _FCOS_DEFAULTS = dict(
             RESIZE_METHOD="bilinear",
             # Weight of the FLOPs-budget loss (0: no budget loss).
             BUDGET_LOSS_LAMBDA=0.0,
+            # Iterations over which the budget loss weight ramps linearly from 0 to
+            # BUDGET_LOSS_LAMBDA (0: the full weight from the start, as in the release).
+            BUDGET_LOSS_WARMUP_ITERS=0,
         ),
     ),
 )

@@ -58,6 +58,8 @@ _RCNN_FPN_DEFAULTS = dict(
             RESIZE_METHOD="bilinear",
             # Weight of the FLOPs-budget loss of the dynamic RPN head (0: none).
             BUDGET_LOSS_LAMBDA=0.0,
+            # Linear warm-up of the budget loss weight, in iterations (0: none, as in the release).
+            BUDGET_LOSS_WARMUP_ITERS=0,
         ),
         ROI_HEADS=dict(
             NAME="StandardROIHeads",

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cvpods.configs import ConfigError
+from cvpods.layers import SpatialGate
 
 __all__ = [
     "CLIP_TYPES",
@@ -35,10 +36,14 @@ def get_param_groups(
     weight_decay_norm: float,
     bias_lr_factor: float = 1.0,
     weight_decay_bias: float | None = None,
+    gate_lr_factor: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Split the trainable parameters of ``model`` into up to three groups.
+    """Split the trainable parameters of ``model`` into up to four groups.
 
     * ``"norm"``: parameters of normalisation layers: ``lr=base_lr``, ``weight_decay_norm``;
+    * ``"gate"`` (only when ``gate_lr_factor != 1``): the parameters of every
+      :class:`~cvpods.layers.SpatialGate` (its gate conv's weight and bias):
+      ``lr=base_lr * gate_lr_factor``, ``weight_decay``;
     * ``"bias"``: other parameters named ``bias``: ``lr=base_lr * bias_lr_factor``,
       ``weight_decay_bias`` (default: ``weight_decay``);
     * ``"default"``: everything else: ``base_lr``, ``weight_decay``.
@@ -53,7 +58,13 @@ def get_param_groups(
         "default": dict(lr=base_lr, weight_decay=weight_decay),
         "bias": dict(lr=base_lr * bias_lr_factor, weight_decay=weight_decay_bias),
         "norm": dict(lr=base_lr, weight_decay=weight_decay_norm),
+        "gate": dict(lr=base_lr * gate_lr_factor, weight_decay=weight_decay),
     }
+    gate_params: set[int] = set()
+    if gate_lr_factor != 1.0:
+        for module in model.modules():
+            if isinstance(module, SpatialGate):
+                gate_params.update(id(p) for p in module.parameters())
     params: dict[str, list[nn.Parameter]] = {kind: [] for kind in settings}
     seen: set[int] = set()
     for module in model.modules():
@@ -62,11 +73,16 @@ def get_param_groups(
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            kind = "norm" if is_norm else ("bias" if name == "bias" else "default")
+            if id(param) in gate_params:
+                kind = "gate"
+            elif is_norm:
+                kind = "norm"
+            else:
+                kind = "bias" if name == "bias" else "default"
             params[kind].append(param)
     return [
         {"name": kind, "params": params[kind], **settings[kind]}
-        for kind in ("default", "bias", "norm")
+        for kind in ("default", "bias", "norm", "gate")
         if params[kind]
     ]
 
@@ -140,7 +156,7 @@ def maybe_add_gradient_clipping(
 def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum over :func:`get_param_groups` of ``model``, from the SOLVER settings.
 
-    Uses SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR,
+    Uses SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, GATE_LR_FACTOR,
     WEIGHT_DECAY_BIAS (``None``: the same as WEIGHT_DECAY, as in the release) and CLIP_GRADIENTS.
     """
     solver = cfg.SOLVER
@@ -153,6 +169,7 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay_norm=solver.WEIGHT_DECAY_NORM,
         bias_lr_factor=solver.BIAS_LR_FACTOR,
         weight_decay_bias=solver.get("WEIGHT_DECAY_BIAS"),
+        gate_lr_factor=solver.get("GATE_LR_FACTOR", 1.0),
     )
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")

@@ -24,7 +24,7 @@ from ...utils import comm
 from ...utils.events import put_scalar_if_recording
 from ..backbone import Backbone, build_retinanet_resnet_fpn_backbone
 from ..box_regression import Shift2BoxTransform
-from ..losses import iou_loss
+from ..losses import budget_loss, iou_loss
 from ..postprocessing import (
     batch_head_cost,
     normalize_and_pad,
@@ -68,6 +68,7 @@ class FCOS(nn.Module):
         self.center_sampling_radius = fcos.CENTER_SAMPLING_RADIUS
         self.object_sizes_of_interest = [list(map(float, r)) for r in fcos.OBJECT_SIZES_OF_INTEREST]
         self.budget_loss_lambda = fcos.BUDGET_LOSS_LAMBDA
+        self.budget_loss_warmup_iters = fcos.get("BUDGET_LOSS_WARMUP_ITERS", 0)
         self.score_threshold = fcos.SCORE_THRESH_TEST
         self.topk_candidates = fcos.TOPK_CANDIDATES_TEST
         self.nms_threshold = fcos.NMS_THRESH_TEST
@@ -291,7 +292,9 @@ class FCOS(nn.Module):
         if cost is not None:
             put_scalar_if_recording("complexity_ratio", (cost.used / cost.full).mean().item())
             if self.budget_loss_lambda != 0:
-                losses["loss_budget"] = (cost.soft / cost.full).mean() * self.budget_loss_lambda
+                losses["loss_budget"] = budget_loss(
+                    cost, self.budget_loss_lambda, self.budget_loss_warmup_iters
+                )
         return losses
 
     # ------------------------------------------------------------------ inference

@@ -14,6 +14,7 @@ from ...structures import Boxes, ImageList, Instances
 from ...utils.events import put_scalar_if_recording
 from ..anchor_generator import DefaultAnchorGenerator
 from ..box_regression import Box2BoxTransform
+from ..losses import budget_loss
 from ..matcher import Matcher
 from ..postprocessing import batch_head_cost
 from .rpn_heads import build_rpn_head
@@ -58,6 +59,7 @@ class RPN(nn.Module):
         self.smooth_l1_beta = rpn.SMOOTH_L1_BETA
         self.loss_weight = rpn.LOSS_WEIGHT
         self.budget_loss_lambda = rpn.BUDGET_LOSS_LAMBDA
+        self.budget_loss_warmup_iters = rpn.get("BUDGET_LOSS_WARMUP_ITERS", 0)
         self.pre_nms_topk = {True: rpn.PRE_NMS_TOPK_TRAIN, False: rpn.PRE_NMS_TOPK_TEST}
         self.post_nms_topk = {True: rpn.POST_NMS_TOPK_TRAIN, False: rpn.POST_NMS_TOPK_TEST}
         self.boundary_threshold = rpn.BOUNDARY_THRESH
@@ -93,7 +95,9 @@ class RPN(nn.Module):
                     "rpn_complexity_ratio", (cost.used / cost.full).mean().item()
                 )
                 if self.budget_loss_lambda != 0:
-                    losses["loss_budget"] = (cost.soft / cost.full).mean() * self.budget_loss_lambda
+                    losses["loss_budget"] = budget_loss(
+                        cost, self.budget_loss_lambda, self.budget_loss_warmup_iters
+                    )
         losses.update(batch_head_cost(outputs.cost))
         if outputs.gate_maps is not None:
             losses["gate_maps"] = outputs.gate_maps

@@ -29,6 +29,7 @@ from cvpods.layers import SpatialGate
 from cvpods.layers.masked_conv import (
     DENSE_BREAK_EVEN_CPU,
     DENSE_BREAK_EVEN_CPU_BF16,
+    DENSE_BREAK_EVEN_CPU_BF16_EMULATED,
     MaskedEpilogue,
     dense_break_even,
     masked_conv2d,
@@ -187,9 +188,13 @@ def test_operators_pass_opcheck_in_bf16() -> None:
     )  # fmt: skip
 
 
-def test_bf16_has_its_own_break_even() -> None:
+def test_bf16_has_its_own_break_even(monkeypatch) -> None:
     cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert dense_break_even(cpu, True, torch.bfloat16) == DENSE_BREAK_EVEN_CPU_BF16
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    # emulated bfloat16: oneDNN's convolution is far slower than the sparse GEMM, never dense
+    assert dense_break_even(cpu, True, torch.bfloat16) == DENSE_BREAK_EVEN_CPU_BF16_EMULATED > 1
     assert dense_break_even(cpu, True, torch.float32) == DENSE_BREAK_EVEN_CPU
     assert 0 < DENSE_BREAK_EVEN_CPU_BF16 <= 1
 

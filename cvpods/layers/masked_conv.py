@@ -31,6 +31,7 @@ from cvpods._extension import get_extension
 __all__ = [
     "DENSE_BREAK_EVEN_CPU",
     "DENSE_BREAK_EVEN_CPU_BF16",
+    "DENSE_BREAK_EVEN_CPU_BF16_EMULATED",
     "DENSE_BREAK_EVEN_CPU_FALLBACK",
     "DENSE_BREAK_EVEN_CUDA",
     "MaskedConv2d",
@@ -50,10 +51,15 @@ __all__ = [
 # The pure-PyTorch fallback costs ~1.7x per active position (0.86 at 0.5, 1.30 at 0.75): ~0.55.
 DENSE_BREAK_EVEN_CPU = 0.85
 DENSE_BREAK_EVEN_CPU_FALLBACK = 0.55
-# bfloat16 inputs (torch.autocast, MODEL.INFERENCE_DTYPE bfloat16): the same measurement with
-# `--dtype bfloat16`, on a CPU without native bfloat16 (AVX2 only: both oneDNN's bf16 convolution
-# and the bf16 GEMM are emulated, and the convolution more slowly than the GEMM).
-DENSE_BREAK_EVEN_CPU_BF16 = 0.85
+# bfloat16 inputs (torch.autocast, MODEL.INFERENCE_DTYPE bfloat16), the same measurement with
+# `--dtype bfloat16 --sizes P4 --kinds object`. On a CPU without native bfloat16 (the development
+# VM: AVX2 only) both oneDNN's bf16 convolution and the bf16 GEMM are emulated, the convolution far
+# more slowly: masked/dense = 0.16 at density 0.25 and below 1 at every density (README), so the
+# dense path is never taken there. On CPUs with AVX512-BF16 / AMX the break-even is not measured
+# (no such CPU here): both paths then run on the same bf16 units, as float32's do on FMA units,
+# so float32's break-even is assumed.
+DENSE_BREAK_EVEN_CPU_BF16 = DENSE_BREAK_EVEN_CPU
+DENSE_BREAK_EVEN_CPU_BF16_EMULATED = 1.01
 # Not measured (no GPU on the development machine): the gather + cuBLAS GEMM path is assumed to
 # break even with cuDNN at about half density, as sparse-position kernels typically do on GPUs.
 DENSE_BREAK_EVEN_CUDA = 0.5
@@ -278,7 +284,13 @@ def dense_break_even(
         return DENSE_BREAK_EVEN_CUDA
     if not compiled:
         return DENSE_BREAK_EVEN_CPU_FALLBACK
-    return DENSE_BREAK_EVEN_CPU_BF16 if dtype == torch.bfloat16 else DENSE_BREAK_EVEN_CPU
+    if dtype == torch.bfloat16:
+        from cvpods.engine import precision  # the native-bfloat16 check (tests replace it)
+
+        if precision.cpu_has_native_bf16():
+            return DENSE_BREAK_EVEN_CPU_BF16
+        return DENSE_BREAK_EVEN_CPU_BF16_EMULATED
+    return DENSE_BREAK_EVEN_CPU
 
 
 def _autocast_inputs(x, weight, bias, residual, gate):

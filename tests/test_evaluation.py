@@ -416,6 +416,8 @@ def test_inference_on_dataset_with_fake_model(cfg, tmp_path):
         "min_gflops": min(ids),
         "max_gflops": max(ids),
         "num_images": len(ids),
+        "avg_full_gflops": pytest.approx(2 * sum(ids) / len(ids)),  # full = 2 x used
+        "used_fraction": pytest.approx(0.5),
     }
     with open(coco.metadata.json_file) as f:
         gt_json = json.load(f)

@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO_ROOT / "cvpods_playground" / "shapes.res18.dynamic.d4.lambda-0_1"
 QUICKSTART = REPO_ROOT / "tools" / "quickstart.py"
 SUMMARY_LINE = re.compile(
-    r"^quickstart: bbox AP=(\S+) AP50=(\S+) head GFLOPs avg=(\S+) in (\S+) min$"
+    r"^quickstart: bbox AP=(\S+) AP50=(\S+) head GFLOPs avg=(\S+) \((\d+)% of full\) in (\S+) min$"
 )
 
 
@@ -87,7 +87,7 @@ def test_quickstart_train_test_demo(tmp_path: Path, capsys: pytest.CaptureFixtur
     last_line = result.stdout.strip().splitlines()[-1]
     match = SUMMARY_LINE.match(last_line)
     assert match, f"unexpected last line: {last_line!r}"
-    ap, ap50, gflops, minutes = (float(x) for x in match.groups())
+    ap, ap50, gflops, percent_of_full, minutes = (float(x) for x in match.groups())
     assert 0.0 < minutes <= elapsed_minutes + 0.05  # printed with one decimal
 
     # Training outputs, inside the experiment copy; the data under the given dataset root.
@@ -110,6 +110,11 @@ def test_quickstart_train_test_demo(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert_reported_metrics(results["bbox"], gt_json, inference / "coco_instances_results.json")
     assert results["head_complexity"]["num_images"] == 3
     assert results["head_complexity"]["avg_gflops"] == pytest.approx(gflops, abs=5e-4)
+    complexity = results["head_complexity"]
+    assert complexity["used_fraction"] == pytest.approx(
+        complexity["avg_gflops"] / complexity["avg_full_gflops"]
+    )
+    assert percent_of_full == round(100 * complexity["used_fraction"])
     assert_head_cost_within_full(
         results["head_complexity"], experiment, gt_json, short=96, max_size=128, capsys=capsys
     )

@@ -14,8 +14,9 @@ Steps (each subprocess's output is shown and also saved under ``<OUTPUT_DIR>/qui
 4. demo:  ``demo/demo.py --show-gates`` on the first ``--num-demo-images`` validation images.
 
 It ends with exactly one line
-``quickstart: bbox AP=<AP> AP50=<AP50> head GFLOPs avg=<x> in <minutes> min`` (AP in percent,
-minutes of this run). Step timings and metrics are also written to
+``quickstart: bbox AP=<AP> AP50=<AP50> head GFLOPs avg=<x> (<p>% of full) in <minutes> min`` (AP
+in percent; ``p``: the head's computed share of its full cost on the test images; minutes of this
+run). Step timings and metrics are also written to
 ``<OUTPUT_DIR>/quickstart/summary.json``.
 
 Re-running: by default a finished training run (``model_final.pth`` and its final results in
@@ -302,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     minutes = (time.perf_counter() - start) / 60
     bbox = test_results["bbox"]
-    gflops = test_results.get("head_complexity", {}).get("avg_gflops")
+    complexity = test_results.get("head_complexity") or {}
+    gflops = complexity.get("avg_gflops")
+    used_fraction = complexity.get("used_fraction")
     summary = dict(
         experiment=str(experiment),
         output_dir=str(output_dir),
@@ -318,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     print(f"quickstart: steps: {steps}; demo images in {demo_dir}; details in {logs}")
     gflops_text = f"{gflops:.3f}" if isinstance(gflops, int | float) else "n/a"
+    if isinstance(used_fraction, int | float):
+        gflops_text += f" ({100 * used_fraction:.0f}% of full)"
     print(
         f"quickstart: bbox AP={bbox['AP']:.1f} AP50={bbox['AP50']:.1f} "
         f"head GFLOPs avg={gflops_text} in {minutes:.1f} min"

@@ -27,17 +27,20 @@ class HeadComplexityEvaluator(DatasetEvaluator):
     def __init__(self, log_period: int = 100) -> None:
         self.log_period = log_period
         self._gflops: list[float] = []
+        self._full_gflops: list[float] = []
 
     def reset(self) -> None:
         self._gflops = []
+        self._full_gflops = []
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        """Record the ``used`` MACs of each output's ``"head_cost"``, in GFLOPs."""
+        """Record the ``used`` and ``full`` MACs of each output's ``"head_cost"``, in GFLOPs."""
         before = len(self._gflops)
         for output in outputs:
             cost = output.get("head_cost")
             if cost is not None:
                 self._gflops.append(float(cost.used.detach().double()) / MACS_PER_GFLOP)
+                self._full_gflops.append(float(cost.full.detach().double()) / MACS_PER_GFLOP)
         if len(self._gflops) == before:
             return
         logger.debug("Head complexity: %s", self._running_line())
@@ -55,11 +58,14 @@ class HeadComplexityEvaluator(DatasetEvaluator):
         """Collective (call on every process).
 
         Returns:
-            ``{"head_complexity": {"avg_gflops", "min_gflops", "max_gflops", "num_images"}}``
-            over the images of all processes, on every process; ``{}`` when no output had a
-            head cost.
+            ``{"head_complexity": {"avg_gflops", "min_gflops", "max_gflops", "num_images",
+            "avg_full_gflops", "used_fraction"}}`` over the images of all processes, on every
+            process: the used GFLOPs per image, the full cost per image (every position
+            computed) and ``sum(used) / sum(full)``; ``{}`` when no output had a head cost.
         """
-        gathered = [v for part in comm.all_gather(list(self._gflops)) for v in part]
+        parts = comm.all_gather((list(self._gflops), list(self._full_gflops)))
+        gathered = [v for used, _ in parts for v in used]
+        full = [v for _, full in parts for v in full]
         if not gathered:
             return {}
         summary = {
@@ -67,6 +73,8 @@ class HeadComplexityEvaluator(DatasetEvaluator):
             "min_gflops": min(gathered),
             "max_gflops": max(gathered),
             "num_images": len(gathered),
+            "avg_full_gflops": sum(full) / len(full),
+            "used_fraction": sum(gathered) / sum(full),
         }
         logger.info(
             "Head complexity over %d images: avg %.4f, min %.4f, max %.4f GFLOPs",

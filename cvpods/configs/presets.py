@@ -125,6 +125,12 @@ SHAPES_GATE_LEARNING = dict(
     SOLVER=dict(GATE_LR_FACTOR=10.0),
 )
 
+#: :data:`SHAPES_GATE_LEARNING` for the dynamic RPN head of the shapes Faster R-CNN experiments.
+SHAPES_RPN_GATE_LEARNING = dict(
+    MODEL=dict(RPN=dict(BUDGET_LOSS_WARMUP_ITERS=150)),
+    SOLVER=dict(GATE_LR_FACTOR=10.0),
+)
+
 #: Faster R-CNN R50-FPN on COCO 2017, 1x, multi-scale training: the upstream cvpods playground
 #: experiment ``faster_rcnn.res50.fpn.coco.multiscale.1x`` (published COCO val AP 38.06), on top
 #: of :class:`~cvpods.configs.RCNNFPNConfig`. BASE_LR 0.02 for 16 images (8 GPUs x 2).

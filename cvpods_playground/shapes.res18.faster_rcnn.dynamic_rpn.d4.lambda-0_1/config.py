@@ -1,8 +1,13 @@
 """Faster R-CNN with the fine-grained dynamic RPN head (D4, GeReTanH tau 1.5, budget lambda 0.1)
-on the embedded shapes dataset (thin ResNet-18-GN-FPN from scratch, 2-core CPU)."""
+on the embedded shapes dataset (thin ResNet-18-GN-FPN from scratch, 2-core CPU). The gates learn
+with the shapes settings (SHAPES_RPN_GATE_LEARNING; see the presets)."""
 
 from cvpods.configs import RCNNFPNConfig
-from cvpods.configs.presets import RPN_RELEASE_GATES, SHAPES_R18_GN_FASTER_RCNN
+from cvpods.configs.presets import (
+    RPN_RELEASE_GATES,
+    SHAPES_R18_GN_FASTER_RCNN,
+    SHAPES_RPN_GATE_LEARNING,
+)
 
 
 class ExperimentConfig(RCNNFPNConfig):
@@ -17,6 +22,7 @@ class ExperimentConfig(RCNNFPNConfig):
                 )
             )
         )
+        self._register_configuration(SHAPES_RPN_GATE_LEARNING)
 
 
 config = ExperimentConfig()

@@ -14,7 +14,8 @@ bfloat16 inference runs the *network* parts of a detector under
   outside the network parts, pixel normalisation, shift / anchor
   generation, box decoding, score thresholds, NMS, ROI pooling and resizing to the input size.
   Each network part's floating outputs are cast back to float32, so nothing after it sees
-  bfloat16.
+  bfloat16. The parts' 4-D inputs are made channels-last (oneDNN's bfloat16 convolutions are
+  fast in that layout, and emulated ones are far slower in NCHW).
 
 Training precision is not affected (this is inference only; training runs in float32).
 
@@ -215,6 +216,17 @@ def _to_float32(value: Any) -> Any:
     return value
 
 
+def _channels_last(value: Any) -> Any:
+    """A 4-D floating tensor (or a list of them) in channels-last memory: oneDNN's bfloat16
+    convolutions are fast in that layout and, emulated (no native bfloat16), pathologically slow in
+    NCHW; the dynamic head's operators read channels-last directly."""
+    if isinstance(value, torch.Tensor) and value.dim() == 4 and value.is_floating_point():
+        return value.contiguous(memory_format=torch.channels_last)
+    if isinstance(value, list):
+        return [_channels_last(v) for v in value]
+    return value
+
+
 def _network_parts(model: nn.Module) -> list[nn.Module]:
     parts: list[nn.Module] = []
     for path in NETWORK_PARTS:
@@ -253,6 +265,7 @@ class InferencePrecision:
         def forward(*args: Any, **kwargs: Any) -> Any:
             if module.training:  # training precision is not changed
                 return original(*args, **kwargs)
+            args = tuple(_channels_last(a) for a in args)
             with torch.autocast(device_type, dtype=dtype):
                 out = original(*args, **kwargs)
             return _to_float32(out)

@@ -9,8 +9,12 @@
 the latest checkpoint of the experiment's OUTPUT_DIR; weights that fill less than
 MODEL.WEIGHTS_MIN_MATCHED_FRACTION of the model are refused. ``--input`` takes image files, globs,
 folders and videos (.mp4/.avi/.mov/.mkv). Dynamic heads also log the head's GFLOPs per image, and
-``--show-gates`` writes, next to each picture, the fraction of depth cells the head computed at
-each position of each pyramid level (the spatial gates) as heat-map overlays.
+``--show-gates`` writes, next to each picture, ``<name>_gates<suffix>``: where the head computes,
+per pyramid level (P3..P7), drawn on the image in grey: the depth cells' computed positions in
+orange (top row) and the scale-fusion units' in blue (bottom row), more opaque where more of the
+level's cells / units compute the position (a unit computes a position where its spatial gate is
+not 0). Each tile is labelled with the level and its computed fraction; a legend explains the
+colours (see :func:`gate_panel`).
 
 ``--output`` is a folder, or a file name (.jpg, .png, ..., .mp4) when there is a single input.
 Every output path is planned before anything runs: writing over an input, two inputs with the
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import math
 import os
 import shutil
 import sys
@@ -57,7 +62,11 @@ from cvpods.engine.precision import (  # noqa: E402
 )
 from cvpods.utils.file_io import atomic_write  # noqa: E402
 from cvpods.utils.logger import setup_logger  # noqa: E402
-from cvpods.utils.visualizer import draw_instances, overlay_heatmap  # noqa: E402
+from cvpods.utils.visualizer import (  # noqa: E402
+    computed_legend,
+    draw_instances,
+    overlay_computed,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
@@ -191,14 +200,89 @@ def _refuse_collisions(planned: dict[Path, list[Path]]) -> None:
             owner[real] = source
 
 
-def gate_panel(image: np.ndarray, gate_maps: list[np.ndarray]) -> np.ndarray:
-    """One overlay per pyramid level (P3 first), side by side."""
-    height = 256
+#: Colours (BGR) of the computed positions in the gate picture: depth cells, fusion units.
+DEPTH_COLOR = (0, 150, 255)  # orange
+FUSION_COLOR = (255, 150, 0)  # blue
+GATE_TILE_HEIGHT = 256
+
+
+def level_name(index: int, strides: list[int] | None = None) -> str:
+    """``P<k>`` for the level of stride ``2**k`` (``strides[index]``); ``P<3 + index>`` (FCOS's
+    P3..P7) when the strides are unknown."""
+    if strides and index < len(strides):
+        return f"P{round(math.log2(strides[index]))}"
+    return f"P{3 + index}"
+
+
+def format_fraction(fraction: float) -> str:
+    """``0.4231 -> "42%"``; a fraction that is neither 0 nor 1 never rounds to "0%" / "100%"."""
+    if 0 < fraction < 0.005:
+        return "<1%"
+    if 0.995 <= fraction < 1:
+        return ">99%"
+    return f"{fraction:.0%}"
+
+
+def gate_tile_label(name: str, kind: str, fraction: float) -> str:
+    """The label of one gate tile, e.g. ``"P3 depth cells: 42% computed"``."""
+    return f"{name} {kind}: {format_fraction(fraction)} computed"
+
+
+def _on_image(cells: np.ndarray, stride: int | None, input_size: tuple[int, int] | None):
+    """A gate map of ``[ceil(H / s), ceil(W / s)]`` cells as ``[H, W]`` network-input pixels (each
+    cell repeated ``stride`` times, the partial last cells cropped), so that resizing it to the
+    image puts every cell where it is; the map itself when the stride or size is unknown."""
+    if not stride or input_size is None:
+        return cells
+    height, width = input_size
+    pixels = np.repeat(np.repeat(cells, stride, axis=0), stride, axis=1)[:height, :width]
+    return pixels if pixels.shape == (height, width) else cells
+
+
+def gate_panel(
+    image: np.ndarray,
+    gate_maps: list[np.ndarray],
+    fusion_gate_maps: list[np.ndarray] | None = None,
+    strides: list[int] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Where the gated head computes, per pyramid level (finest first, side by side).
+
+    Row 1: the depth cells (``gate_maps``); row 2: the scale-fusion units (``fusion_gate_maps``,
+    left out when None or empty). Each tile is the image in grey with the computed positions
+    painted (orange: depth cells, blue: fusion units; the more of the level's cells / units
+    compute a position, the more opaque), labelled with the level's name and its computed
+    fraction (:func:`gate_tile_label`: the mean over the level's positions). A legend at the
+    bottom explains the colours. ``strides`` (pixels per cell, per level) and ``input_size`` (the
+    network input's unpadded ``(H, W)``) place the cells exactly; without them each map is
+    stretched over the image.
+    """
+    height = GATE_TILE_HEIGHT
     small = cv2.resize(image, (max(1, round(image.shape[1] * height / image.shape[0])), height))
-    tiles = [
-        overlay_heatmap(small, m, label=f"P{3 + i} {m.mean():.0%}") for i, m in enumerate(gate_maps)
-    ]
-    return np.concatenate(tiles, axis=1)
+    rows = [("depth cells", DEPTH_COLOR, gate_maps)]
+    if fusion_gate_maps:
+        rows.append(("fusion units", FUSION_COLOR, fusion_gate_maps))
+    strides = strides if strides and len(strides) == len(gate_maps) else None
+    drawn = []
+    for kind, color, maps in rows:
+        tiles = []
+        for i, cells in enumerate(maps):
+            pixels = _on_image(cells, strides[i] if strides else None, input_size)
+            label = gate_tile_label(level_name(i, strides), kind, float(cells.mean()))
+            tiles.append(overlay_computed(small, pixels, color, label=label))
+        drawn.append(np.concatenate(tiles, axis=1))
+    legend_entries = [
+        ("depth cells (residual blocks): share of the level's cells computed at a position",
+         DEPTH_COLOR),
+        ("fusion units (scale fusion): share of the level's units computed at a position",
+         FUSION_COLOR),
+    ][: len(rows)]  # fmt: skip
+    width = max(max(row.shape[1] for row in drawn), 760)
+    legend = computed_legend(
+        width, legend_entries, footer="grey: skipped (every gate 0); label: level, % computed"
+    )
+    padded = [np.pad(row, ((0, 2), (0, width - row.shape[1]), (0, 0))) for row in drawn]
+    return np.concatenate([*padded, legend], axis=0)
 
 
 def render(image: np.ndarray, prediction: Prediction, class_names, threshold: float) -> np.ndarray:
@@ -304,7 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         write_image(out, render(image, prediction, class_names, args.confidence_threshold))
         if args.show_gates:
             if prediction.gate_maps:
-                write_image(gates_path(out), gate_panel(image, prediction.gate_maps))
+                panel = gate_panel(
+                    image,
+                    prediction.gate_maps,
+                    prediction.fusion_gate_maps,
+                    prediction.strides,
+                    prediction.input_size,
+                )
+                write_image(gates_path(out), panel)
             else:
                 logger.warning(
                     "--show-gates: %s has no dynamic head; no gate maps written",

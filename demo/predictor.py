@@ -24,6 +24,12 @@ class Prediction:
     head_gflops: float | None = None
     # Per level (finest first): fraction of depth cells computed at each position, [h_l, w_l] in [0, 1].
     gate_maps: list[np.ndarray] = field(default_factory=list)
+    # The same for the scale-fusion units (the model's "fusion_gate_maps").
+    fusion_gate_maps: list[np.ndarray] = field(default_factory=list)
+    # The gated head's level strides (pixels, finest first; empty when unknown) and the network
+    # input's unpadded (height, width): where each gate-map cell lies on the image.
+    strides: list[int] = field(default_factory=list)
+    input_size: tuple[int, int] | None = None
 
 
 class Predictor:
@@ -63,5 +69,15 @@ class Predictor:
         seconds = time.perf_counter() - start
         cost = output.get("head_cost")
         gflops = float(cost.used.double()) / MACS_PER_GFLOP if cost is not None else None
-        gate_maps = [m.cpu().numpy() for m in output.get("gate_maps", [])]
-        return Prediction(output["instances"].to("cpu"), seconds, gflops, gate_maps)
+        gate_maps = [m.float().cpu().numpy() for m in output.get("gate_maps", [])]
+        fusion_maps = [m.float().cpu().numpy() for m in output.get("fusion_gate_maps", [])]
+        strides = list(getattr(getattr(self.model, "head", None), "fpn_strides", None) or [])
+        return Prediction(
+            output["instances"].to("cpu"),
+            seconds,
+            gflops,
+            gate_maps,
+            fusion_maps,
+            [int(s) for s in strides] if len(strides) == len(gate_maps) else [],
+            tuple(tensor.shape[-2:]),
+        )

@@ -191,8 +191,9 @@ class DynamicScaleFusion(nn.Module):
                  for i, unit in enumerate(units)]  # fmt: skip
         if costs is not None:
             for unit, unit_gates in zip(units, gates):
-                for gate in unit_gates:
+                for level, gate in enumerate(unit_gates):
                     costs.add(unit.cost(gate))
+                    costs.add_fusion_gate(level, gate)
         sums = neighbour_sum(
             levels, lambda unit, l: units[unit](levels[l], gates[unit][l]), self.resize
         )

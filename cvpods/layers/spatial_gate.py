@@ -96,13 +96,15 @@ class CostCollector:
     """Accumulates the :class:`GateCost` of every gated unit during one forward pass.
 
     Args:
-        keep_gate_maps: also record, per pyramid level, which positions each depth cell
-            computes (see :meth:`add_depth_gate` and :meth:`gate_maps`).
+        keep_gate_maps: also record, per pyramid level, which positions each depth cell and
+            each scale-fusion unit computes (see :meth:`add_depth_gate`, :meth:`gate_maps`,
+            :meth:`add_fusion_gate` and :meth:`fusion_gate_maps`).
     """
 
     def __init__(self, keep_gate_maps: bool = False) -> None:
         self.total: GateCost | None = None
         self._depth_gates: list[list[torch.Tensor]] | None = [] if keep_gate_maps else None
+        self._fusion_gates: list[list[torch.Tensor]] | None = [] if keep_gate_maps else None
 
     def add(self, cost: GateCost) -> None:
         """Add one unit's cost (``[N]`` MACs per field) to :attr:`total`."""
@@ -111,18 +113,40 @@ class CostCollector:
     def add_depth_gate(self, level: int, gate: torch.Tensor) -> None:
         """Record a depth cell's gate map ``gate [N, G, H_l, W_l]`` on pyramid level ``level``
         (index into the head's levels, finest first); a no-op unless ``keep_gate_maps``."""
-        if self._depth_gates is None:
-            return
-        while len(self._depth_gates) <= level:
-            self._depth_gates.append([])
-        self._depth_gates[level].append((gate.detach() != 0).any(dim=1).float())
+        _record_gate(self._depth_gates, level, gate)
 
     def gate_maps(self) -> list[torch.Tensor] | None:
         """Per level (finest first) ``[N, H_l, W_l]``: the fraction of the level's depth cells
         computed at each position (in [0, 1]); None unless ``keep_gate_maps``."""
-        if self._depth_gates is None:
-            return None
-        return [torch.stack(maps).mean(0) for maps in self._depth_gates]
+        return _fraction_maps(self._depth_gates)
+
+    def add_fusion_gate(self, level: int, gate: torch.Tensor) -> None:
+        """Record a scale-fusion unit's gate map ``gate [N, G, H_l, W_l]``, evaluated on the unit's
+        input level ``level`` (where the unit is computed); a no-op unless ``keep_gate_maps``."""
+        _record_gate(self._fusion_gates, level, gate)
+
+    def fusion_gate_maps(self) -> list[torch.Tensor] | None:
+        """Per level (finest first) ``[N, H_l, W_l]``: the fraction of the scale-fusion units
+        gated on that level (both units of every fusion stage, as costed) that compute each
+        position (in [0, 1]); None unless ``keep_gate_maps``."""
+        return _fraction_maps(self._fusion_gates)
+
+
+def _record_gate(store: list[list[torch.Tensor]] | None, level: int, gate: torch.Tensor) -> None:
+    """Append ``gate [N, G, H, W]``'s computed positions (gate != 0 in any group) as ``[N, H, W]``
+    0/1 to ``store[level]``; nothing when ``store`` is None."""
+    if store is None:
+        return
+    while len(store) <= level:
+        store.append([])
+    store[level].append((gate.detach() != 0).any(dim=1).float())
+
+
+def _fraction_maps(store: list[list[torch.Tensor]] | None) -> list[torch.Tensor] | None:
+    """Per level the mean of its recorded 0/1 maps; None when nothing is kept."""
+    if store is None:
+        return None
+    return [torch.stack(maps).mean(0) for maps in store]
 
 
 class SpatialGate(nn.Module):

@@ -71,6 +71,7 @@ def per_image_head_outputs(
     gate_maps: list[torch.Tensor] | None,
     image_sizes: Sequence[tuple[int, int]],
     strides: Sequence[int],
+    fusion_gate_maps: list[torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Split a gated head's batch outputs into one dict per image, for the model's results.
 
@@ -79,11 +80,14 @@ def per_image_head_outputs(
         gate_maps: per level ``[N, h_l, w_l]`` (fraction of depth cells computed), or None.
         image_sizes: the ``(H, W)`` of each network input before padding.
         strides: the stride of each level (pixels), finest first.
+        fusion_gate_maps: per level ``[N, h_l, w_l]`` (fraction of scale-fusion units
+            computed), or None.
 
     Returns:
         ``N`` dicts holding ``"head_cost"`` (a :class:`~cvpods.layers.GateCost` of 0-d tensors,
         detached) when ``cost`` is given and ``"gate_maps"`` (per level ``[ceil(H / s),
-        ceil(W / s)]``: the cells that cover the unpadded input) when ``gate_maps`` is given.
+        ceil(W / s)]``: the cells that cover the unpadded input) when ``gate_maps`` is given;
+        likewise ``"fusion_gate_maps"`` when ``fusion_gate_maps`` is given.
     """
     per_image: list[dict[str, Any]] = [{} for _ in image_sizes]
     for i, (height, width) in enumerate(image_sizes):
@@ -91,11 +95,12 @@ def per_image_head_outputs(
             per_image[i]["head_cost"] = GateCost(
                 cost.soft[i].detach(), cost.used[i].detach(), cost.full[i].detach()
             )
-        if gate_maps is not None:
-            per_image[i]["gate_maps"] = [
-                level[i, : math.ceil(height / s), : math.ceil(width / s)]
-                for level, s in zip(gate_maps, strides)
-            ]
+        for key, maps in (("gate_maps", gate_maps), ("fusion_gate_maps", fusion_gate_maps)):
+            if maps is not None:
+                per_image[i][key] = [
+                    level[i, : math.ceil(height / s), : math.ceil(width / s)]
+                    for level, s in zip(maps, strides)
+                ]
     return per_image
 
 

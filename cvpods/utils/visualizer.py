@@ -74,3 +74,79 @@ def overlay_heatmap(
             blended, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
         )
     return blended
+
+
+def draw_label(
+    canvas: np.ndarray,
+    text: str,
+    origin: tuple[int, int] = (0, 0),
+    font_scale: float = 0.45,
+    color: tuple[int, int, int] = (255, 255, 255),
+    background: tuple[int, int, int] | None = (0, 0, 0),
+) -> int:
+    """Write ``text`` into ``canvas`` (in place) with its top-left corner at ``origin``, on a
+    filled ``background`` box (None: no box). Returns the text's width in pixels."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    x, y = origin
+    if background is not None:
+        cv2.rectangle(canvas, (x, y), (x + tw + 6, y + th + base + 6), background, -1)
+    cv2.putText(
+        canvas, text, (x + 3, y + th + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, 1,
+        cv2.LINE_AA,
+    )  # fmt: skip
+    return tw + 6
+
+
+def overlay_computed(
+    image: np.ndarray,
+    fraction: np.ndarray,
+    color: tuple[int, int, int],
+    label: str = "",
+    min_alpha: float = 0.35,
+    max_alpha: float = 0.9,
+) -> np.ndarray:
+    """``image`` (BGR uint8) in dimmed grey, with the positions where ``fraction`` (``[h, w]`` in
+    [0, 1], resized to the image with nearest neighbours) is above 0 painted in ``color``: opacity
+    ``min_alpha`` for the smallest fraction up to ``max_alpha`` for 1. Positions at 0 (nothing
+    computed) stay grey. An optional ``label`` goes in the top-left corner."""
+    height, width = image.shape[:2]
+    fraction = cv2.resize(
+        np.clip(fraction.astype(np.float32), 0, 1), (width, height), interpolation=cv2.INTER_NEAREST
+    )
+    grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    base = grey.astype(np.float32) * 0.6
+    alpha = np.where(fraction > 0, min_alpha + (max_alpha - min_alpha) * fraction, 0.0)[..., None]
+    painted = base * (1 - alpha) + np.float32(color) * alpha
+    out = np.clip(painted + 0.5, 0, 255).astype(np.uint8)
+    if label:
+        draw_label(out, label, (2, 2))
+    return out
+
+
+def computed_legend(
+    width: int,
+    entries: Sequence[tuple[str, tuple[int, int, int]]],
+    min_alpha: float = 0.35,
+    max_alpha: float = 0.9,
+    footer: str = "",
+) -> np.ndarray:
+    """A legend strip ``width`` pixels wide for :func:`overlay_computed`: per entry
+    ``(text, color)`` one row with the colour scale from "0%" (grey: not computed) through a small
+    fraction to "100%", then ``text``; ``footer`` as a last line."""
+    row, bar = 24, 150
+    rows = len(entries) + (1 if footer else 0)
+    legend = np.full((row * rows + 6, width, 3), 32, np.uint8)
+    for i, (text, color) in enumerate(entries):
+        y = 3 + i * row
+        x = draw_label(legend, "0%", (2, y), background=None) + 2
+        ramp = np.linspace(0.0, 1.0, bar, dtype=np.float32)[None].repeat(row - 8, 0)
+        swatch = np.full((row - 8, bar, 3), 160, np.uint8)  # the grey of a mid-tone image
+        legend[y + 4 : y + row - 4, x : x + bar] = overlay_computed(
+            swatch, ramp, color, min_alpha=min_alpha, max_alpha=max_alpha
+        )[:, :, :]
+        x += bar + 2
+        x += draw_label(legend, "100%", (x, y), background=None) + 8
+        draw_label(legend, text, (x, y), background=None)
+    if footer:
+        draw_label(legend, footer, (2, 3 + len(entries) * row), background=None)
+    return legend

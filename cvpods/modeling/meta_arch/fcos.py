@@ -120,7 +120,8 @@ class FCOS(nn.Module):
             MACs, detached) for a gated head. Evaluation: per image ``{"instances": Instances}``
             plus, for a gated head, ``"head_cost"`` (GateCost of 0-d tensors, MACs) and, on
             request, ``"gate_maps"`` (per level ``[ceil(H / s), ceil(W / s)]`` in [0, 1]: the
-            fraction of depth cells computed at each cell covering the network input).
+            fraction of depth cells computed at each cell covering the network input) and
+            ``"fusion_gate_maps"`` (the same for the scale-fusion units).
         """
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
@@ -142,7 +143,11 @@ class FCOS(nn.Module):
         results = self.inference(outputs, shifts, images.image_sizes)
         processed = postprocess_batch(results, batched_inputs, images.image_sizes)
         extras = per_image_head_outputs(
-            outputs.cost, outputs.gate_maps, images.image_sizes, self.fpn_strides
+            outputs.cost,
+            outputs.gate_maps,
+            images.image_sizes,
+            self.fpn_strides,
+            fusion_gate_maps=outputs.fusion_gate_maps,
         )
         return [{**result, **extra} for result, extra in zip(processed, extras)]
 

@@ -37,13 +37,15 @@ class FCOSHeadOutputs:
     """Per level ``l`` (strides 8..128): ``logits [N, K, h_l, w_l]``, ``bbox_reg [N, 4, h_l, w_l]``
     (l, t, r, b in input pixels), ``centerness [N, 1, h_l, w_l]`` (logits); ``cost`` is the
     dynamic head's per-image cost (None for static heads); ``gate_maps`` (dynamic head, on
-    request) per level ``[N, h_l, w_l]``: the fraction of depth cells computed at each position."""
+    request) per level ``[N, h_l, w_l]``: the fraction of depth cells computed at each position;
+    ``fusion_gate_maps`` (likewise): the fraction of scale-fusion units computed there."""
 
     logits: list[torch.Tensor]
     bbox_reg: list[torch.Tensor]
     centerness: list[torch.Tensor]
     cost: GateCost | None = None
     gate_maps: list[torch.Tensor] | None = None
+    fusion_gate_maps: list[torch.Tensor] | None = None
 
 
 class _FCOSPredictors(nn.Module):
@@ -86,6 +88,7 @@ class _FCOSPredictors(nn.Module):
         bbox_towers: list[torch.Tensor],
         cost: GateCost | None = None,
         gate_maps: list[torch.Tensor] | None = None,
+        fusion_gate_maps: list[torch.Tensor] | None = None,
     ) -> FCOSHeadOutputs:
         logits, bbox_reg, centerness = [], [], []
         for level, (cls_feat, bbox_feat) in enumerate(zip(cls_towers, bbox_towers)):
@@ -96,7 +99,7 @@ class _FCOSPredictors(nn.Module):
                 bbox_reg.append(F.relu(reg) * self.fpn_strides[level])
             else:
                 bbox_reg.append(torch.exp(reg))
-        return FCOSHeadOutputs(logits, bbox_reg, centerness, cost, gate_maps)
+        return FCOSHeadOutputs(logits, bbox_reg, centerness, cost, gate_maps, fusion_gate_maps)
 
 
 class FCOSHead(_FCOSPredictors):
@@ -203,7 +206,8 @@ class FCOSDynamicHead(_FCOSPredictors):
         self, features: list[torch.Tensor], return_gate_maps: bool = False
     ) -> FCOSHeadOutputs:
         """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first. The outputs carry the
-        per-image cost and, with ``return_gate_maps``, the depth cells' gate maps."""
+        per-image cost and, with ``return_gate_maps``, the depth cells' and the scale-fusion
+        units' gate maps."""
         costs = CostCollector(keep_gate_maps=return_gate_maps)
         if not self.training:  # the sparse inference path reads and writes channels-last maps
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
@@ -212,7 +216,9 @@ class FCOSDynamicHead(_FCOSPredictors):
             cls_levels = cls_stage(cls_levels, costs)
         for bbox_stage in self.bbox_subnet:
             bbox_levels = bbox_stage(bbox_levels, costs)
-        return self.predict(cls_levels, bbox_levels, costs.total, costs.gate_maps())
+        return self.predict(
+            cls_levels, bbox_levels, costs.total, costs.gate_maps(), costs.fusion_gate_maps()
+        )
 
     def cost_per_position(self) -> float:
         return sum(stage.cost_per_position() for stage in [*self.cls_subnet, *self.bbox_subnet])

@@ -31,7 +31,8 @@ class GeneralizedRCNN(nn.Module):
     With a dynamic RPN head (MODEL.RPN.HEAD_NAME "DynamicRPNHead") the outputs also carry the RPN
     head's cost, ``"head_cost"`` (as FCOS does for its dynamic head): a
     :class:`~cvpods.layers.GateCost` of ``[N]`` MACs in the training losses, of 0-d tensors in each
-    image's results; ``inference(..., return_gate_maps=True)`` adds the ``"gate_maps"``.
+    image's results; ``inference(..., return_gate_maps=True)`` adds the ``"gate_maps"`` and
+    ``"fusion_gate_maps"``.
     """
 
     def __init__(self, cfg, backbone: Backbone | None = None) -> None:
@@ -89,8 +90,9 @@ class GeneralizedRCNN(nn.Module):
 
         Returns:
             per image ``{"instances": Instances}`` plus, for a dynamic RPN head,
-            ``"head_cost"`` (GateCost of 0-d tensors, MACs) and on request ``"gate_maps"`` (per
-            level ``[ceil(H / s), ceil(W / s)]`` in [0, 1]).
+            ``"head_cost"`` (GateCost of 0-d tensors, MACs) and on request ``"gate_maps"`` and
+            ``"fusion_gate_maps"`` (per level ``[ceil(H / s), ceil(W / s)]`` in [0, 1]: the
+            fraction of depth cells / scale-fusion units computed).
         """
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
@@ -106,6 +108,7 @@ class GeneralizedRCNN(nn.Module):
             rpn_outputs.get("gate_maps"),
             images.image_sizes,
             self.proposal_generator.rpn_head.fpn_strides,
+            fusion_gate_maps=rpn_outputs.get("fusion_gate_maps"),
         )
         return [{**result, **extra} for result, extra in zip(processed, extras)]
 

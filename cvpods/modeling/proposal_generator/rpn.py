@@ -39,7 +39,8 @@ class RPN(nn.Module):
     dict holding in training ``loss_rpn_cls`` / ``loss_rpn_loc`` (times MODEL.RPN.LOSS_WEIGHT),
     plus ``loss_budget`` for a dynamic head with MODEL.RPN.BUDGET_LOSS_LAMBDA != 0; for a dynamic
     head, also ``head_cost`` (:class:`~cvpods.layers.GateCost`, ``[N]`` MACs, detached) and, at
-    evaluation with ``return_gate_maps``, ``gate_maps`` (per level ``[N, H_l, W_l]``).
+    evaluation with ``return_gate_maps``, ``gate_maps`` and ``fusion_gate_maps`` (per level
+    ``[N, H_l, W_l]``: the fraction of depth cells / scale-fusion units computed).
     """
 
     def __init__(self, cfg, input_shape: dict[str, ShapeSpec]) -> None:
@@ -101,6 +102,8 @@ class RPN(nn.Module):
         losses.update(batch_head_cost(outputs.cost))
         if outputs.gate_maps is not None:
             losses["gate_maps"] = outputs.gate_maps
+        if outputs.fusion_gate_maps is not None:
+            losses["fusion_gate_maps"] = outputs.fusion_gate_maps
 
         proposals = find_top_rpn_proposals(
             decode_proposals(anchors, pred_deltas, self.box2box_transform),

@@ -30,12 +30,14 @@ class RPNHeadOutputs:
     """Per level l: ``objectness_logits [N, A, H_l, W_l]``, ``anchor_deltas [N, A * 4, H_l, W_l]``;
     ``cost``: the dynamic head's per-image cost in MACs (None for static heads); ``gate_maps``
     (dynamic head, on request) per level ``[N, H_l, W_l]``: the fraction of depth cells computed
-    at each position."""
+    at each position; ``fusion_gate_maps`` (likewise): the fraction of scale-fusion units
+    computed there."""
 
     objectness_logits: list[torch.Tensor]
     anchor_deltas: list[torch.Tensor]
     cost: GateCost | None = None
     gate_maps: list[torch.Tensor] | None = None
+    fusion_gate_maps: list[torch.Tensor] | None = None
 
 
 def _single_channel_count(input_shape: list[ShapeSpec]) -> int:
@@ -77,12 +79,14 @@ class _RPNPredictors(nn.Module):
         towers: list[torch.Tensor],
         cost: GateCost | None = None,
         gate_maps: list[torch.Tensor] | None = None,
+        fusion_gate_maps: list[torch.Tensor] | None = None,
     ) -> RPNHeadOutputs:
         return RPNHeadOutputs(
             [self.objectness_logits(x) for x in towers],
             [self.anchor_deltas(x) for x in towers],
             cost,
             gate_maps,
+            fusion_gate_maps,
         )
 
 
@@ -179,14 +183,15 @@ class DynamicRPNHead(_RPNPredictors):
         self, features: list[torch.Tensor], return_gate_maps: bool = False
     ) -> RPNHeadOutputs:
         """``features``: FPN levels ``[N, C, H_l, W_l]``, finest first. The outputs carry the
-        per-image cost and, with ``return_gate_maps``, the depth cells' gate maps."""
+        per-image cost and, with ``return_gate_maps``, the depth cells' and the scale-fusion
+        units' gate maps."""
         costs = CostCollector(keep_gate_maps=return_gate_maps)
         if not self.training:  # the sparse inference path reads and writes channels-last maps
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         levels = list(features)
         for stage in self.subnet:
             levels = stage(levels, costs)
-        return self.predict(levels, costs.total, costs.gate_maps())
+        return self.predict(levels, costs.total, costs.gate_maps(), costs.fusion_gate_maps())
 
     def cost_per_position(self) -> float:
         return sum(stage.cost_per_position() for stage in self.subnet)

@@ -102,8 +102,8 @@ def overlay_computed(
     fraction: np.ndarray,
     color: tuple[int, int, int],
     label: str = "",
-    min_alpha: float = 0.35,
-    max_alpha: float = 0.9,
+    min_alpha: float = 0.15,
+    max_alpha: float = 0.95,
 ) -> np.ndarray:
     """``image`` (BGR uint8) in dimmed grey, with the positions where ``fraction`` (``[h, w]`` in
     [0, 1], resized to the image with nearest neighbours) is above 0 painted in ``color``: opacity
@@ -126,8 +126,8 @@ def overlay_computed(
 def computed_legend(
     width: int,
     entries: Sequence[tuple[str, tuple[int, int, int]]],
-    min_alpha: float = 0.35,
-    max_alpha: float = 0.9,
+    min_alpha: float = 0.15,
+    max_alpha: float = 0.95,
     footer: str = "",
 ) -> np.ndarray:
     """A legend strip ``width`` pixels wide for :func:`overlay_computed`: per entry

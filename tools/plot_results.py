@@ -137,8 +137,10 @@ def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> N
             )
             for p in members:
                 right = p[key] > middle  # labels of the right half go to the left of the point
+                # A dynamic point is named by what differs within its line (e.g. "lambda-0_1").
+                text = p["name"][len(family(p["name"])) :].lstrip(".") if dynamic else p["name"]
                 ax.annotate(
-                    p["name"], (p[key], p["ap"]), textcoords="offset points",
+                    text or p["name"], (p[key], p["ap"]), textcoords="offset points",
                     xytext=(-5 if right else 5, 5), ha="right" if right else "left", fontsize=7,
                 )  # fmt: skip
         ax.set_xlabel(label)

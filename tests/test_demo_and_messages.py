@@ -19,9 +19,9 @@ from test_engine_support import (  # noqa: F401 - autouse fixtures
 from test_robustness_support import load_demo, write_tiny_fcos_experiment
 
 from cvpods.checkpoint import DiskFullError, file_io
-from cvpods.utils import file_io as atomic_file_io
 from cvpods.engine import launcher as launcher_module
 from cvpods.engine.defaults import default_argument_parser
+from cvpods.utils import file_io as atomic_file_io
 
 
 def _images(folder: Path, names: list[str], size: tuple[int, int] = (40, 50)) -> list[Path]:

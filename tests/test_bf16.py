@@ -19,8 +19,8 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import THIN_BACKBONE, load_experiment
+from test_head_ops import masked_reference as head_ops_reference
 
 import cvpods  # noqa: F401  (registers torch.ops.cvpods)
 from cvpods._extension import get_extension
@@ -45,27 +45,8 @@ def bf16_round(t: torch.Tensor) -> torch.Tensor:
 
 
 def masked_reference(x, mask, weight, bias, post, residual=None, gate=None) -> torch.Tensor:
-    """float64: conv, per-image GroupNorm over the active positions, ReLU, gated residual."""
-    y = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
-    out = torch.zeros_like(y)
-    for i in range(x.shape[0]):
-        idx = mask[i].reshape(-1).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        cols = y[i].reshape(y.shape[1], -1)[:, idx][None]
-        if post.num_groups:
-            cols = F.group_norm(
-                cols, post.num_groups, post.weight.double(), post.bias.double(), post.eps
-            )
-        if post.relu:
-            cols = F.relu(cols)
-        out[i].view(y.shape[1], -1)[:, idx] = cols[0]
-    if residual is not None:
-        n, c, h, w = out.shape
-        g = gate.double() if gate is not None else torch.ones(n, 1, h, w, dtype=torch.float64)
-        scaled = (out.view(n, g.shape[1], c // g.shape[1], h, w) * g.unsqueeze(2)).view(n, c, h, w)
-        out = F.relu(scaled + residual.double())
-    return out
+    """The float64 reference of tests/test_head_ops.py, with this file's argument order."""
+    return head_ops_reference(x, mask, weight, post, bias=bias, residual=residual, gate=gate)
 
 
 def make_case(seed: int, n=2, cin=32, cout=16, h=9, w=11, density=0.4):

@@ -40,9 +40,18 @@ def gated_depthwise_reference(x, weight, bias, groups, gn_weight, gn_bias, gate)
     return (y.view(n, maps, c // maps, h, w) * gate.double().unsqueeze(2)).view(n, c, h, w)
 
 
-def masked_reference(x, mask, weight, post: MaskedEpilogue) -> torch.Tensor:
-    """float64: conv, then per image GroupNorm over the active positions, zeros elsewhere."""
-    y = F.conv2d(x.double(), weight.double(), padding=weight.shape[-1] // 2)
+def masked_reference(
+    x, mask, weight, post: MaskedEpilogue, bias=None, residual=None, gate=None
+) -> torch.Tensor:
+    """float64: conv (+ bias), then per image GroupNorm over the active positions (+ ReLU), zeros
+    elsewhere; with ``residual``, ``relu(residual + gate * that)`` (gate ``[N, G, H, W]``, default
+    1)."""
+    y = F.conv2d(
+        x.double(),
+        weight.double(),
+        None if bias is None else bias.double(),
+        padding=weight.shape[-1] // 2,
+    )
     out = torch.zeros_like(y)
     for i in range(x.shape[0]):
         idx = mask[i].reshape(-1).nonzero().squeeze(1)
@@ -56,6 +65,11 @@ def masked_reference(x, mask, weight, post: MaskedEpilogue) -> torch.Tensor:
         if post.relu:
             cols = F.relu(cols)
         out[i].view(y.shape[1], -1)[:, idx] = cols[0]
+    if residual is not None:
+        n, c, h, w = out.shape
+        g = gate.double() if gate is not None else torch.ones(n, 1, h, w, dtype=torch.float64)
+        scaled = (out.view(n, g.shape[1], c // g.shape[1], h, w) * g.unsqueeze(2)).view(n, c, h, w)
+        out = F.relu(scaled + residual.double())
     return out
 
 

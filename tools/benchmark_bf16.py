@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -80,19 +79,6 @@ def in_precision(model: nn.Module, dtype: torch.dtype, call: Callable[[], object
     return run
 
 
-def time_pair(fns: dict[str, Callable[[], object]], repeats: int, clock) -> dict[str, float]:
-    """Median milliseconds of each function, interleaved, after one warm-up call each."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = clock()
-            fn()
-            times[name].append((clock() - start) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     bench_head = _benchmark_head()
-    make_mask = bench_head._masked_conv_benchmark().object_mask
+    masked_conv_bench = bench_head._masked_conv_benchmark()
+    time_interleaved, make_mask = masked_conv_bench.time_interleaved, masked_conv_bench.object_mask
     h, w = args.size
     print(
         f"# torch {torch.__version__}, native bfloat16 on this CPU: {cpu_has_native_bf16()}, "
@@ -142,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         for density in densities:
             if gates is not None:
                 gates.set_density(density, sizes, make_mask, args.seed)
-            ms = time_pair(
+            ms = time_interleaved(
                 {
                     "fp32": call,
                     "bf16": in_precision(model, torch.bfloat16, call),

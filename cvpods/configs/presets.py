@@ -51,8 +51,8 @@ RELEASE_GATES = dict(
 
 #: The CPU experiments on the embedded shapes dataset: a thin ResNet-18 with GroupNorm trained from
 #: scratch, FPN and head width 64, multi-scale training at short side 224-288, tested at 320. One
-#: schedule for every shapes experiment: 360 iterations of batch 8 (LR x0.1 at 290), about 9
-#: minutes on 2 idle CPU cores for the D4 heads.
+#: schedule for every shapes experiment: 360 iterations of batch 8 (LR x0.1 at 290): 9-13 minutes
+#: on 2 idle CPU cores for the D4 heads (1.4-2.2 s per iteration, depending on the host).
 SHAPES_R18_GN_FROM_SCRATCH = dict(
     MODEL=dict(
         # Trained from scratch: no ImageNet weights, nothing frozen.

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -122,24 +123,61 @@ __attribute__((target("avx2,fma"))) inline void conv16(const float* x, const flo
   }
 }
 
-__attribute__((target("avx2,fma"))) void dw_row_stats(const float* x, const float* w9,
-                                                      const float* bias, int64_t h, int64_t w,
-                                                      int64_t c, int64_t n, int64_t y,
+// Adds, per channel, the sum and sum of squares of the convolution output over one output row.
+// `rows` are the three input rows above / at / below it (channels-last; a missing row points to
+// `zeros`, as does a tap outside the image). Two columns at a time, 32 channels per step: eight
+// independent accumulation chains hide the FMA latency, and each weight vector loaded serves
+// both columns. Pixels are read whole (contiguous channels), which keeps the reads free of the
+// cache-set conflicts of a channel-strided walk. Sums are float within the row, double across.
+__attribute__((target("avx2,fma"))) void dw_row_stats(const float* const* rows,
+                                                      const float* zeros, const float* w9,
+                                                      const float* bias, int64_t w, int64_t c,
                                                       float* row_sum, float* row_sq, double* sum,
                                                       double* sq) {
   for (int64_t ch = 0; ch < c; ++ch) {
     row_sum[ch] = 0.f;
     row_sq[ch] = 0.f;
   }
-  for (int64_t xx = 0; xx < w; ++xx) {
-    for (int64_t c0 = 0; c0 < c; c0 += 16) {
-      __m256 lo, hi;
-      conv16(x, w9, bias, h, w, c, n, y, xx, c0, lo, hi);
-      _mm256_storeu_ps(row_sum + c0, _mm256_add_ps(_mm256_loadu_ps(row_sum + c0), lo));
-      _mm256_storeu_ps(row_sum + c0 + 8, _mm256_add_ps(_mm256_loadu_ps(row_sum + c0 + 8), hi));
-      _mm256_storeu_ps(row_sq + c0, _mm256_fmadd_ps(lo, lo, _mm256_loadu_ps(row_sq + c0)));
-      _mm256_storeu_ps(row_sq + c0 + 8,
-                       _mm256_fmadd_ps(hi, hi, _mm256_loadu_ps(row_sq + c0 + 8)));
+  for (int64_t x0 = 0; x0 < w; x0 += 2) {
+    const bool pair = x0 + 1 < w;
+    const float* src[2][9];
+    for (int p = 0; p < 2; ++p) {
+      for (int ky = 0; ky < 3; ++ky) {
+        for (int kx = 0; kx < 3; ++kx) {
+          const int64_t x2 = x0 + p + kx - 1;
+          const bool inside = (p == 0 || pair) && x2 >= 0 && x2 < w;
+          src[p][ky * 3 + kx] = inside ? rows[ky] + x2 * c : zeros;
+        }
+      }
+    }
+    for (int64_t c0 = 0; c0 < c; c0 += 32) {
+      __m256 a[2][4];
+      for (int j = 0; j < 4; ++j) {
+        a[0][j] = bias ? _mm256_loadu_ps(bias + c0 + 8 * j) : _mm256_setzero_ps();
+        a[1][j] = a[0][j];
+      }
+      for (int t = 0; t < 9; ++t) {
+        const float* wt = w9 + t * c + c0;
+        const float* s0 = src[0][t] + c0;
+        const float* s1 = src[1][t] + c0;
+        for (int j = 0; j < 4; ++j) {
+          const __m256 kv = _mm256_loadu_ps(wt + 8 * j);
+          a[0][j] = _mm256_fmadd_ps(_mm256_loadu_ps(s0 + 8 * j), kv, a[0][j]);
+          a[1][j] = _mm256_fmadd_ps(_mm256_loadu_ps(s1 + 8 * j), kv, a[1][j]);
+        }
+      }
+      for (int j = 0; j < 4; ++j) {
+        float* rs = row_sum + c0 + 8 * j;
+        float* rq = row_sq + c0 + 8 * j;
+        __m256 vs = _mm256_add_ps(_mm256_loadu_ps(rs), a[0][j]);
+        __m256 vq = _mm256_fmadd_ps(a[0][j], a[0][j], _mm256_loadu_ps(rq));
+        if (pair) {
+          vs = _mm256_add_ps(vs, a[1][j]);
+          vq = _mm256_fmadd_ps(a[1][j], a[1][j], vq);
+        }
+        _mm256_storeu_ps(rs, vs);
+        _mm256_storeu_ps(rq, vq);
+      }
     }
   }
   for (int64_t ch = 0; ch < c; ++ch) {
@@ -234,12 +272,15 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
   const float* wp = w9.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const bool fast = use_avx2_kernels();
+  const bool fast_stats = fast && c % 32 == 0;  // the AVX2 statistics take 32 channels a step
   const int64_t threads = at::get_num_threads();
 
   // Pass 1: per image and channel, sum and sum of squares of the convolution output.
   std::vector<float> scale(n * c, 1.f), shift(n * c, 0.f);
   if (num_groups > 0) {
     std::vector<double> partial(threads * n * c * 2, 0.0);
+    // A zero pixel row: the input above the first / below the last row (fast path only).
+    const std::vector<float> zeros(fast_stats ? w * c : 0, 0.f);
     at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> row_sum(c), row_sq(c);
       double* mine = partial.data() + at::get_thread_num() * n * c * 2;
@@ -247,11 +288,19 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
         const int64_t image = row / h, y = row % h;
         double* sum = mine + image * c * 2;
 #ifdef CVPODS_HAVE_AVX2_DW
-        auto kernel = fast ? &avx2::dw_row_stats : &portable::dw_row_stats;
-#else
-        auto kernel = &portable::dw_row_stats;
+        if (fast_stats) {
+          const float* rows[3];
+          for (int ky = 0; ky < 3; ++ky) {
+            const int64_t yy = y + ky - 1;
+            rows[ky] = yy < 0 || yy >= h ? zeros.data() : xp + (image * h + yy) * w * c;
+          }
+          avx2::dw_row_stats(rows, zeros.data(), wp, bp, w, c, row_sum.data(), row_sq.data(),
+                             sum, sum + c);
+          continue;
+        }
 #endif
-        kernel(xp, wp, bp, h, w, c, image, y, row_sum.data(), row_sq.data(), sum, sum + c);
+        portable::dw_row_stats(xp, wp, bp, h, w, c, image, y, row_sum.data(), row_sq.data(), sum,
+                               sum + c);
       }
     });
     const at::Tensor gw = gn_weight.has_value() ? gn_weight->to(at::kDouble) : at::ones({c}, at::kDouble);

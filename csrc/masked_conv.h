@@ -90,6 +90,20 @@ at::Tensor gated_depthwise_library(const at::Tensor& x, const at::Tensor& weight
                                    const std::optional<at::Tensor>& gn_bias, double eps,
                                    const at::Tensor& gate);
 
+// The scale fusion's weighted neighbour sum: output_weight * x + scale_weight * (resize(finer) +
+// resize(coarser)), resize = bilinear with align_corners=True to x's [H, W]; finer / coarser
+// [N, C, H', W'] optional, scale_weight / output_weight one-element tensors. Channels-last output.
+void check_fuse_neighbours_inputs(const at::Tensor& x, const std::optional<at::Tensor>& finer,
+                                  const std::optional<at::Tensor>& coarser);
+at::Tensor fuse_neighbours_cpu(const at::Tensor& x, const std::optional<at::Tensor>& finer,
+                               const std::optional<at::Tensor>& coarser,
+                               const at::Tensor& scale_weight, const at::Tensor& output_weight);
+// The same with ATen operators (any device, any dtype).
+at::Tensor fuse_neighbours_library(const at::Tensor& x, const std::optional<at::Tensor>& finer,
+                                   const std::optional<at::Tensor>& coarser,
+                                   const at::Tensor& scale_weight,
+                                   const at::Tensor& output_weight);
+
 #ifdef WITH_CUDA
 // ---- CUDA ----
 at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,

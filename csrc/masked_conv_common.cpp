@@ -260,10 +260,12 @@ at::Tensor scatter_active_rows(const at::Tensor& rows, const at::Tensor& active,
 //                     The GroupNorm affine stays as given (the kernels read it as float64), the
 //                     statistics are accumulated in float32 per row and float64 across rows.
 //   gate_conv2d,
-//   gated_depthwise:  float32 (converted at the operator boundary): the gate logits decide
+//   gated_depthwise,
+//   fuse_neighbours:  float32 (converted at the operator boundary): the gate logits decide
 //                     where the head computes (their sign opens a gate), and the depthwise unit's
-//                     GroupNorm takes statistics over the whole map; both are memory-bound, so a
-//                     bfloat16 kernel would save little.
+//                     GroupNorm takes statistics over the whole map; all three are memory-bound,
+//                     so a bfloat16 kernel would save little (the library scale fusion mixed the
+//                     bfloat16 level with the float32 units and gave float32, as this does).
 template <c10::DeviceType kDevice>
 struct AutocastKernels {
   static c10::DispatchKey key() {
@@ -317,6 +319,18 @@ struct AutocastKernels {
     return op.call(cast(f, x), cast(f, weight), cast(f, bias), num_groups, cast(f, gn_weight),
                    cast(f, gn_bias), eps, cast(f, gate));
   }
+
+  static at::Tensor fuse_neighbours(const at::Tensor& x, const std::optional<at::Tensor>& finer,
+                                    const std::optional<at::Tensor>& coarser,
+                                    const at::Tensor& scale_weight,
+                                    const at::Tensor& output_weight) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cvpods::fuse_neighbours", "")
+                         .typed<decltype(fuse_neighbours_cpu)>();
+    const at::ScalarType f = at::kFloat;
+    return op.call(cast(f, x), cast(f, finer), cast(f, coarser), scale_weight, output_weight);
+  }
 };
 
 }  // namespace
@@ -334,12 +348,16 @@ TORCH_LIBRARY(cvpods, m) {
   m.def(
       "gated_depthwise(Tensor x, Tensor weight, Tensor? bias, int num_groups, Tensor? gn_weight, "
       "Tensor? gn_bias, float eps, Tensor gate) -> Tensor");
+  m.def(
+      "fuse_neighbours(Tensor x, Tensor? finer, Tensor? coarser, Tensor scale_weight, "
+      "Tensor output_weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(cvpods, CPU, m) {
   m.impl("masked_conv2d", &cvpods::masked_conv2d_op);
   m.impl("gate_conv2d", &cvpods::gate_conv2d_cpu);
   m.impl("gated_depthwise", &cvpods::gated_depthwise_cpu);
+  m.impl("fuse_neighbours", &cvpods::fuse_neighbours_cpu);
 }
 
 TORCH_LIBRARY_IMPL(cvpods, AutocastCPU, m) {
@@ -347,6 +365,7 @@ TORCH_LIBRARY_IMPL(cvpods, AutocastCPU, m) {
   m.impl("masked_conv2d", &K::masked_conv2d);
   m.impl("gate_conv2d", &K::gate_conv2d);
   m.impl("gated_depthwise", &K::gated_depthwise);
+  m.impl("fuse_neighbours", &K::fuse_neighbours);
 }
 
 // CUDA autocast (float16 or bfloat16, the autocast dtype): registered in every build; without
@@ -356,6 +375,7 @@ TORCH_LIBRARY_IMPL(cvpods, Autocast, m) {
   m.impl("masked_conv2d", &K::masked_conv2d);
   m.impl("gate_conv2d", &K::gate_conv2d);
   m.impl("gated_depthwise", &K::gated_depthwise);
+  m.impl("fuse_neighbours", &K::fuse_neighbours);
 }
 
 #ifdef WITH_CUDA
@@ -363,6 +383,7 @@ TORCH_LIBRARY_IMPL(cvpods, CUDA, m) {
   m.impl("masked_conv2d", &cvpods::masked_conv2d_op);
   m.impl("gate_conv2d", &cvpods::gate_conv2d_library);
   m.impl("gated_depthwise", &cvpods::gated_depthwise_library);
+  m.impl("fuse_neighbours", &cvpods::fuse_neighbours_library);
 }
 #endif
 

@@ -47,6 +47,10 @@ def _register_fake_kernels() -> None:
     def _gated_depthwise_fake(x, weight, bias, num_groups, gn_weight, gn_bias, eps, gate):
         return torch.empty_like(x, memory_format=torch.channels_last)
 
+    @torch.library.register_fake("cvpods::fuse_neighbours")
+    def _fuse_neighbours_fake(x, finer, coarser, scale_weight, output_weight):
+        return torch.empty_like(x, memory_format=torch.channels_last)
+
     @torch.library.register_fake("cvpods::gate_conv2d")
     def _gate_conv2d_fake(x, weight, bias, simd=True):
         n, _, h, w = x.shape

@@ -2,6 +2,7 @@
 
 * ``torch.ops.cvpods.gate_conv2d``: a 3x3 convolution with few outputs (the spatial gates);
 * ``torch.ops.cvpods.gated_depthwise``: gate * GroupNorm(depthwise 3x3 conv) where a gate is open;
+* ``torch.ops.cvpods.fuse_neighbours``: a scale-fusion stage's weighted sum of resized neighbours;
 * ``torch.ops.cvpods.masked_conv2d`` with a gated residual, NCHW inputs, and its weight cache;
 * the operators are registered: fake kernels, torch.compile without graph breaks, torch.fx.
 
@@ -116,6 +117,84 @@ def test_gated_depthwise_equals_the_library_unit(device, channels, maps, groups)
         assert torch.all(out[1] == 0)
 
 
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 7), (5, 1), (3, 2), (4, 13)])
+def test_gated_depthwise_statistics_at_every_border(height, width) -> None:
+    """The vectorised statistics pass (32 channels a step, two columns at a time) on maps whose
+    every position is a border, with odd and even widths."""
+    gen = torch.Generator().manual_seed(height * 100 + width)
+    x = torch.randn(2, 64, height, width, generator=gen)
+    weight, bias = torch.randn(64, 1, 3, 3, generator=gen), torch.randn(64, generator=gen)
+    gn_weight, gn_bias = torch.rand(64, generator=gen), torch.randn(64, generator=gen)
+    gate = torch.ones(2, 1, height, width)
+    expected = gated_depthwise_reference(x, weight, bias, 8, gn_weight, gn_bias, gate)
+    out = torch.ops.cvpods.gated_depthwise(
+        x.contiguous(memory_format=torch.channels_last), weight, bias, 8, gn_weight, gn_bias,
+        1e-5, gate,
+    )  # fmt: skip
+    # A 1x1 map has a zero-variance group: its normalised values are (y - mean) / sqrt(eps).
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-3)
+
+
+def fuse_neighbours_reference(x, finer, coarser, scale_weight, output_weight) -> torch.Tensor:
+    """float64: x * output_weight + scale_weight * (resize(finer) + resize(coarser)), bilinear
+    with align_corners=True, as the scale-fusion stage computes it with library operators."""
+    out = x.double() * output_weight.double()
+    for source in (finer, coarser):
+        if source is not None:
+            resized = F.interpolate(
+                source.double(), size=x.shape[-2:], mode="bilinear", align_corners=True
+            )
+            out = out + resized * scale_weight.double()
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "size,finer,coarser",
+    [
+        ((10, 17), (20, 33), (5, 9)),  # an inner level: both neighbours, uneven ratios
+        ((13, 21), None, (7, 11)),  # the finest level
+        ((7, 11), (13, 21), None),  # the coarsest level
+        ((6, 8), None, None),  # a one-level pyramid
+        ((1, 1), (2, 2), (1, 1)),  # 1x1 maps: a zero interpolation scale
+    ],
+)
+@pytest.mark.parametrize("channels", [64, 12])  # the vectorised path, and the scalar one
+def test_fuse_neighbours_equals_resize_and_sum(device, size, finer, coarser, channels) -> None:
+    gen = torch.Generator().manual_seed(sum(size) + channels)
+    x = torch.randn(2, channels, *size, generator=gen)
+    sources = [
+        None if s is None else torch.randn(2, channels, *s, generator=gen) for s in (finer, coarser)
+    ]
+    scale_weight, output_weight = torch.tensor([0.7]), torch.tensor([1.3])
+    expected = fuse_neighbours_reference(x, *sources, scale_weight, output_weight)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        moved = [None if s is None else s.to(device).contiguous(memory_format=layout)
+                 for s in sources]  # fmt: skip
+        out = torch.ops.cvpods.fuse_neighbours(
+            x.to(device).contiguous(memory_format=layout), *moved,
+            scale_weight.to(device), output_weight.to(device),
+        )  # fmt: skip
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        # float32 sums of 9 terms of size ~1: a few ulps.
+        torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    out64 = torch.ops.cvpods.fuse_neighbours(
+        x.double().to(device), *[None if s is None else s.double().to(device) for s in sources],
+        scale_weight.double().to(device), output_weight.double().to(device),
+    )  # fmt: skip
+    torch.testing.assert_close(out64.cpu(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fuse_neighbours_names_the_bad_argument() -> None:
+    x, one = torch.randn(1, 8, 4, 4), torch.ones(1)
+    with pytest.raises(RuntimeError, match="coarser must be \\[N, C, H', W'\\] with N=1 and C=8"):
+        torch.ops.cvpods.fuse_neighbours(x, None, torch.randn(1, 4, 2, 2), one, one)
+    with pytest.raises(RuntimeError, match="finer must have x's dtype"):
+        torch.ops.cvpods.fuse_neighbours(x, torch.randn(1, 8, 8, 8).double(), None, one, one)
+    with pytest.raises(RuntimeError, match="scale_weight must have one element"):
+        torch.ops.cvpods.fuse_neighbours(x, None, None, torch.ones(2), one)
+
+
 def make_case(seed: int, n: int = 2, cin: int = 32, cout: int = 16, h: int = 9, w: int = 11):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cin, h, w, generator=gen)
@@ -208,6 +287,11 @@ def test_operators_pass_the_fake_kernel_checks() -> None:
     torch.library.opcheck(
         torch.ops.cvpods.gate_conv2d.default,
         (xc, torch.randn(2, 32, 3, 3), torch.randn(2), True),
+        test_utils=checks,
+    )
+    torch.library.opcheck(
+        torch.ops.cvpods.fuse_neighbours.default,
+        (xc, torch.randn(2, 32, 18, 22), torch.randn(2, 32, 5, 6), torch.ones(1), torch.ones(1)),
         test_utils=checks,
     )
     torch.library.opcheck(

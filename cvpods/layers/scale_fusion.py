@@ -177,6 +177,7 @@ class DynamicScaleFusion(nn.Module):
         self.depth_module = DynamicDepthCell(channels, **gate_args)
         self.scale_weight = nn.Parameter(torch.zeros(1))
         self.output_weight = nn.Parameter(torch.ones(1))
+        self.resize_method = resize_method
         self.resize = make_resize(resize_method)
 
     def forward(
@@ -194,6 +195,9 @@ class DynamicScaleFusion(nn.Module):
                 for level, gate in enumerate(unit_gates):
                     costs.add(unit.cost(gate))
                     costs.add_fusion_gate(level, gate)
+        if self._fused_sum(levels[0]):
+            fused = self._fused_neighbour_sums(levels, gates)
+            return [self.depth_module(f, costs, level) for level, f in enumerate(fused)]
         sums = neighbour_sum(
             levels, lambda unit, l: units[unit](levels[l], gates[unit][l]), self.resize
         )
@@ -207,6 +211,36 @@ class DynamicScaleFusion(nn.Module):
                 for s, x in zip(sums, levels)
             ]
         return [self.depth_module(f, costs, level) for level, f in enumerate(fused)]
+
+    def _fused_sum(self, x: torch.Tensor) -> bool:
+        """Whether the compiled one-pass neighbour sum applies (CPU inference, bilinear)."""
+        return (
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and self.resize_method == "bilinear"
+            and get_extension() is not None
+        )
+
+    def _fused_neighbour_sums(
+        self, levels: list[torch.Tensor], gates: list[list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """Per level ``l``: ``x_l * output_weight + scale_weight * (resize(unit 0 of level l-1)
+        + resize(unit 1 of level l+1))``, each level one ``torch.ops.cvpods.fuse_neighbours``
+        call (one pass over the maps). A unit's output is read by one level only: it is
+        computed just before that level's sum and freed after it, which keeps few full-size
+        maps alive at once."""
+        units = self.dynamic_convs
+        fused = []
+        for l, x in enumerate(levels):
+            finer = units[0](levels[l - 1], gates[0][l - 1]) if l > 0 else None
+            coarser = units[1](levels[l + 1], gates[1][l + 1]) if l + 1 < len(levels) else None
+            fused.append(
+                torch.ops.cvpods.fuse_neighbours(
+                    x, finer, coarser, self.scale_weight, self.output_weight
+                )
+            )
+            del finer, coarser
+        return fused
 
     def cost_per_position(self) -> float:
         unit = depthwise_unit_cost(self.dynamic_convs[0].convs)

@@ -2,6 +2,7 @@
 
 from .base_config import BaseConfig, ConfigDict, ConfigError
 from .base_detection_config import BaseDetectionConfig
+from .configurable import configurable
 from .fcos_config import FCOSConfig
 from .rcnn_fpn_config import RCNNFPNConfig
 
@@ -12,4 +13,5 @@ __all__ = [
     "ConfigError",
     "FCOSConfig",
     "RCNNFPNConfig",
+    "configurable",
 ]

@@ -6,6 +6,8 @@ from .base_detection_config import BaseDetectionConfig
 
 _FCOS_DEFAULTS = dict(
     MODEL=dict(
+        # The detector cvpods.modeling.build_model builds (a name in META_ARCH_REGISTRY).
+        META_ARCHITECTURE="FCOS",
         RESNETS=dict(OUT_FEATURES=["res3", "res4", "res5"]),
         FPN=dict(IN_FEATURES=["res3", "res4", "res5"]),
         SHIFT_GENERATOR=dict(
@@ -15,6 +17,10 @@ _FCOS_DEFAULTS = dict(
             OFFSET=0.0,
         ),
         FCOS=dict(
+            # The head (a name in FCOS_HEAD_REGISTRY): "FCOSHead" (the FCOS head, D2 at
+            # NUM_CONVS=4), "FCOSFixHead" (static deep head) or "FCOSDynamicHead" (fine-grained
+            # dynamic head).
+            HEAD_NAME="FCOSHead",
             NUM_CLASSES=80,
             IN_FEATURES=["p3", "p4", "p5", "p6", "p7"],
             # Convs per branch; the deep heads use NUM_CONVS // 2 (scale fusion + depth cell) stages.

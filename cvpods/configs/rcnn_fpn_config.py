@@ -6,6 +6,8 @@ from .base_detection_config import BaseDetectionConfig
 
 _RCNN_FPN_DEFAULTS = dict(
     MODEL=dict(
+        # The detector cvpods.modeling.build_model builds (a name in META_ARCH_REGISTRY).
+        META_ARCHITECTURE="GeneralizedRCNN",
         # No mask branch here (box detection only); kept for cvpods compatibility.
         MASK_ON=False,
         LOAD_PROPOSALS=False,
@@ -25,8 +27,8 @@ _RCNN_FPN_DEFAULTS = dict(
             MIN_SIZE=0,
         ),
         RPN=dict(
-            # "StandardRPNHead" (one 3x3 conv), "FixRPNHead" (static deep head) or
-            # "DynamicRPNHead" (fine-grained dynamic head).
+            # The head (a name in RPN_HEAD_REGISTRY): "StandardRPNHead" (one 3x3 conv),
+            # "FixRPNHead" (static deep head) or "DynamicRPNHead" (fine-grained dynamic head).
             HEAD_NAME="StandardRPNHead",
             IN_FEATURES=["p2", "p3", "p4", "p5", "p6"],
             # Anchors beyond the image by more than this many pixels are ignored (< 0: keep all).

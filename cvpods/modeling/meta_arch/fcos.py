@@ -5,6 +5,9 @@ location to the four sides of a box, and a centerness logit. Training assigns ea
 the smallest ground-truth box that contains it (optionally only near the box centre) and whose
 size suits the location's level; inference keeps the top candidates per level, scores them by
 ``sqrt(class probability x centerness)`` and applies class-aware NMS.
+
+:class:`FCOS` takes its parts and settings as keyword arguments, or a config (``FCOS(cfg)``, read
+by :meth:`FCOS.from_config`, which builds the head named by MODEL.FCOS.HEAD_NAME).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
+from ...configs import configurable
 from ...layers import GateCost, ShapeSpec
 from ...structures import Boxes, ImageList, Instances
 from ...utils import comm
@@ -33,7 +37,8 @@ from ..postprocessing import (
     register_pixel_normalization,
 )
 from ..shift_generator import ShiftGenerator
-from .fcos_heads import FCOSHead, FCOSHeadOutputs
+from .build import META_ARCH_REGISTRY
+from .fcos_heads import FCOS_HEAD_REGISTRY, FCOSHeadOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -45,59 +50,163 @@ def flatten_levels(per_level: list[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _check_sizes_of_interest(sizes: Sequence, in_features: Sequence[str]) -> None:
+    if len(sizes) != len(in_features):
+        raise ValueError(
+            f"MODEL.FCOS.OBJECT_SIZES_OF_INTEREST has {len(sizes)} ranges "
+            f"for {len(in_features)} levels (MODEL.FCOS.IN_FEATURES)"
+        )
+
+
+def _level_shapes(backbone: Backbone, in_features: Sequence[str]) -> list[ShapeSpec]:
+    """The backbone's output shapes of ``in_features``, in that order (a ValueError naming the
+    features the backbone lacks)."""
+    shapes = backbone.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {list(shapes)}"
+        )
+    return [shapes[f] for f in in_features]
+
+
+@META_ARCH_REGISTRY.register()
 class FCOS(nn.Module):
-    """The FCOS detector around a backbone (ResNet-FPN by default) and an FCOS head class.
+    """The FCOS detector: a backbone (ResNet-FPN by default), an FCOS head and FCOS's targets,
+    losses and inference.
 
     Call it cvpods-style: ``model(batched_inputs)`` with a list of dicts holding ``image``
     (``[3, H, W]`` in INPUT.FORMAT, 0..255), ``instances`` (``gt_boxes``, ``gt_classes``; training)
     and optional ``height`` / ``width`` (output resolution). Training returns a dict of losses;
     evaluation returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``.
+
+    Build it from a config, ``FCOS(cfg)`` (optionally ``backbone=`` a built backbone and
+    ``head_cls=`` a head class instead of MODEL.FCOS.HEAD_NAME), or with keyword arguments:
+
+    Args:
+        backbone: a :class:`~cvpods.modeling.backbone.Backbone` whose outputs include
+            ``in_features``.
+        head: an FCOS head for those levels (e.g. :class:`FCOSHead`): ``head(features,
+            return_gate_maps)`` returns :class:`FCOSHeadOutputs`.
+        in_features: the backbone outputs the head reads, finest first (e.g. p3..p7).
+        num_classes: K foreground classes (class index K is background in the targets).
+        object_sizes_of_interest: per level, the ``[min, max]`` range of ``max(l, t, r, b)`` in
+            input pixels that the level is responsible for.
+        shift_generator: the locations of every level (its ``strides`` are the levels' strides).
+        shift2box_transform: encodes boxes as distances (l, t, r, b) from a location and back.
+        focal_loss_alpha, focal_loss_gamma: the focal loss of the class logits.
+        iou_loss_type: ``"iou"``, ``"linear_iou"`` or ``"giou"`` (the box loss).
+        score_threshold: inference keeps candidates whose class probability is above this.
+        topk_candidates: inference keeps at most this many candidates per level (before NMS).
+        nms_threshold: IoU of class-aware NMS.
+        max_detections_per_image: detections kept per image after NMS.
+        pixel_mean, pixel_std: per-channel normalisation (INPUT.FORMAT order, 0..255 units).
+        center_sampling_radius: foreground only within this many strides of a box centre
+            (0: anywhere inside the box).
+        budget_loss_lambda: weight of the gated head's budget loss (0: none).
+        budget_loss_warmup_iters: iterations over which that weight ramps up from 0.
     """
 
+    @configurable
     def __init__(
-        self, cfg, backbone: Backbone | None = None, head_cls: type[nn.Module] = FCOSHead
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        in_features: Sequence[str],
+        num_classes: int,
+        object_sizes_of_interest: Sequence[Sequence[float]],
+        shift_generator: ShiftGenerator,
+        shift2box_transform: Shift2BoxTransform,
+        focal_loss_alpha: float,
+        focal_loss_gamma: float,
+        iou_loss_type: str,
+        score_threshold: float,
+        topk_candidates: int,
+        nms_threshold: float,
+        max_detections_per_image: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        center_sampling_radius: float = 0.0,
+        budget_loss_lambda: float = 0.0,
+        budget_loss_warmup_iters: int = 0,
     ) -> None:
         super().__init__()
-        fcos = cfg.MODEL.FCOS
-        self.num_classes = fcos.NUM_CLASSES
-        self.in_features = list(fcos.IN_FEATURES)
-        self.fpn_strides = list(fcos.FPN_STRIDES)
-        self.focal_loss_alpha = fcos.FOCAL_LOSS_ALPHA
-        self.focal_loss_gamma = fcos.FOCAL_LOSS_GAMMA
-        self.iou_loss_type = fcos.IOU_LOSS_TYPE
-        self.center_sampling_radius = fcos.CENTER_SAMPLING_RADIUS
-        self.object_sizes_of_interest = [list(map(float, r)) for r in fcos.OBJECT_SIZES_OF_INTEREST]
-        self.budget_loss_lambda = fcos.BUDGET_LOSS_LAMBDA
-        self.budget_loss_warmup_iters = fcos.get("BUDGET_LOSS_WARMUP_ITERS", 0)
-        self.score_threshold = fcos.SCORE_THRESH_TEST
-        self.topk_candidates = fcos.TOPK_CANDIDATES_TEST
-        self.nms_threshold = fcos.NMS_THRESH_TEST
-        self.max_detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
-        if len(self.object_sizes_of_interest) != len(self.in_features):
-            raise ValueError(
-                f"MODEL.FCOS.OBJECT_SIZES_OF_INTEREST has {len(self.object_sizes_of_interest)} ranges "
-                f"for {len(self.in_features)} levels (MODEL.FCOS.IN_FEATURES)"
-            )
+        self.num_classes = num_classes
+        self.in_features = list(in_features)
+        self.fpn_strides = list(shift_generator.strides)
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.iou_loss_type = iou_loss_type
+        self.center_sampling_radius = center_sampling_radius
+        self.object_sizes_of_interest = [list(map(float, r)) for r in object_sizes_of_interest]
+        self.budget_loss_lambda = budget_loss_lambda
+        self.budget_loss_warmup_iters = budget_loss_warmup_iters
+        self.score_threshold = score_threshold
+        self.topk_candidates = topk_candidates
+        self.nms_threshold = nms_threshold
+        self.max_detections_per_image = max_detections_per_image
+        _check_sizes_of_interest(self.object_sizes_of_interest, self.in_features)
+        _level_shapes(backbone, self.in_features)
 
+        self.backbone = backbone
+        self.head = head
+        self.shift_generator = shift_generator
+        self.shift2box_transform = shift2box_transform
+
+        register_pixel_normalization(self, pixel_mean, pixel_std)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg,
+        backbone: Backbone | None = None,
+        head_cls: type[nn.Module] | None = None,
+    ) -> dict:
+        """The keyword arguments of ``FCOS`` from MODEL.FCOS, MODEL.SHIFT_GENERATOR,
+        MODEL.PIXEL_MEAN / PIXEL_STD and TEST.DETECTIONS_PER_IMAGE.
+
+        Args:
+            cfg: the config.
+            backbone: a built backbone (default: the RetinaNet-style ResNet-FPN of the config).
+            head_cls: the head class (default: MODEL.FCOS.HEAD_NAME in FCOS_HEAD_REGISTRY),
+                built as ``head_cls(cfg, level_shapes)``.
+        """
+        fcos = cfg.MODEL.FCOS
+        in_features = list(fcos.IN_FEATURES)
+        _check_sizes_of_interest(fcos.OBJECT_SIZES_OF_INTEREST, in_features)
+        if head_cls is None:
+            head_cls = FCOS_HEAD_REGISTRY.get(fcos.get("HEAD_NAME", "FCOSHead"))
         if backbone is None:
             backbone = build_retinanet_resnet_fpn_backbone(
                 cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
             )
-        self.backbone = backbone
-        shapes = backbone.output_shape()
-        missing = [f for f in self.in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {list(shapes)}"
-            )
-        feature_shapes = [shapes[f] for f in self.in_features]
-        self.head = head_cls(cfg, feature_shapes)
-        self.shift_generator = ShiftGenerator(
-            self.fpn_strides, cfg.MODEL.SHIFT_GENERATOR.OFFSET, cfg.MODEL.SHIFT_GENERATOR.NUM_SHIFTS
+        head = head_cls(cfg, _level_shapes(backbone, in_features))
+        return dict(
+            backbone=backbone,
+            head=head,
+            in_features=in_features,
+            num_classes=fcos.NUM_CLASSES,
+            object_sizes_of_interest=fcos.OBJECT_SIZES_OF_INTEREST,
+            shift_generator=ShiftGenerator(
+                list(fcos.FPN_STRIDES),
+                cfg.MODEL.SHIFT_GENERATOR.OFFSET,
+                cfg.MODEL.SHIFT_GENERATOR.NUM_SHIFTS,
+            ),
+            shift2box_transform=Shift2BoxTransform(fcos.BBOX_REG_WEIGHTS),
+            focal_loss_alpha=fcos.FOCAL_LOSS_ALPHA,
+            focal_loss_gamma=fcos.FOCAL_LOSS_GAMMA,
+            iou_loss_type=fcos.IOU_LOSS_TYPE,
+            score_threshold=fcos.SCORE_THRESH_TEST,
+            topk_candidates=fcos.TOPK_CANDIDATES_TEST,
+            nms_threshold=fcos.NMS_THRESH_TEST,
+            max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+            center_sampling_radius=fcos.CENTER_SAMPLING_RADIUS,
+            budget_loss_lambda=fcos.BUDGET_LOSS_LAMBDA,
+            budget_loss_warmup_iters=fcos.get("BUDGET_LOSS_WARMUP_ITERS", 0),
         )
-        self.shift2box_transform = Shift2BoxTransform(fcos.BBOX_REG_WEIGHTS)
-
-        register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
 
     @property
     def device(self) -> torch.device:

@@ -9,6 +9,10 @@ They differ in the towers (``cls_subnet`` / ``bbox_subnet``):
   levels: D4 at NUM_CONVS=8, D8 at 16. The static baseline of the paper.
 * :class:`FCOSDynamicHead`: the same topology with spatial gates on every unit (fine-grained
   dynamic routing in scale and depth); it also returns the head's per-image cost.
+
+Each head takes explicit keyword arguments, or a config (``FCOSHead(cfg, input_shape)``, read by
+its ``from_config``). They are registered in :data:`FCOS_HEAD_REGISTRY` under their class names;
+MODEL.FCOS.HEAD_NAME selects one (default ``"FCOSHead"``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...configs import configurable
 from ...layers import (
     CostCollector,
     DynamicScaleFusion,
@@ -30,6 +35,10 @@ from ...layers import (
     init_head_layers,
 )
 from ...layers.batch_norm import GN_NUM_GROUPS
+from ...utils.registry import Registry
+
+#: FCOS heads by name; ``MODEL.FCOS.HEAD_NAME`` picks the one :class:`~cvpods.modeling.FCOS` builds.
+FCOS_HEAD_REGISTRY = Registry("FCOS head", "MODEL.FCOS.HEAD_NAME")
 
 
 @dataclass
@@ -49,9 +58,29 @@ class FCOSHeadOutputs:
 
 
 class _FCOSPredictors(nn.Module):
-    """The predictors and per-level scales shared by every FCOS head."""
+    """The predictors and per-level scales shared by every FCOS head.
 
-    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
+    Args (keyword-only, shared by every head):
+        input_shape: one :class:`~cvpods.layers.ShapeSpec` per level, finest first; every
+            level has the same channel count C (the head's width).
+        num_classes: K, the number of foreground classes (sigmoid logits, no background).
+        fpn_strides: the stride of each level in input pixels (one per ``input_shape`` entry).
+        num_convs: convs per branch (FCOSHead: its depth; deep heads: 2 per stage).
+        prior_prob: initial foreground probability of every class logit.
+        centerness_on_reg: predict centerness from the regression tower (else the class tower).
+        norm_reg_targets: regress ``relu(x) * stride`` (else ``exp(x)``).
+    """
+
+    def __init__(
+        self,
+        *,
+        input_shape: list[ShapeSpec],
+        num_classes: int,
+        fpn_strides: list[int],
+        num_convs: int,
+        centerness_on_reg: bool = False,
+        norm_reg_targets: bool = False,
+    ) -> None:
         super().__init__()
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
@@ -59,19 +88,33 @@ class _FCOSPredictors(nn.Module):
                 f"FCOS heads need the same channel count on every level, got {channels}"
             )
         self.in_channels = channels.pop()
-        fcos = cfg.MODEL.FCOS
-        self.num_classes = fcos.NUM_CLASSES
-        self.fpn_strides = list(fcos.FPN_STRIDES)
+        self.num_classes = num_classes
+        self.fpn_strides = list(fpn_strides)
         if len(self.fpn_strides) != len(input_shape):
             raise ValueError(
                 f"MODEL.FCOS.FPN_STRIDES has {len(self.fpn_strides)} entries but the head gets "
                 f"{len(input_shape)} levels (MODEL.FCOS.IN_FEATURES)"
             )
-        self.centerness_on_reg = fcos.CENTERNESS_ON_REG
-        self.norm_reg_targets = fcos.NORM_REG_TARGETS
-        self.num_convs = fcos.NUM_CONVS
+        self.centerness_on_reg = centerness_on_reg
+        self.norm_reg_targets = norm_reg_targets
+        self.num_convs = num_convs
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: list[ShapeSpec]) -> dict:
+        """The keyword arguments of the head from MODEL.FCOS, for the levels ``input_shape``."""
+        fcos = cfg.MODEL.FCOS
+        return dict(
+            input_shape=list(input_shape),
+            num_classes=fcos.NUM_CLASSES,
+            fpn_strides=list(fcos.FPN_STRIDES),
+            num_convs=fcos.NUM_CONVS,
+            prior_prob=fcos.PRIOR_PROB,
+            centerness_on_reg=fcos.CENTERNESS_ON_REG,
+            norm_reg_targets=fcos.NORM_REG_TARGETS,
+        )
 
     def build_predictors(self, prior_prob: float) -> None:
+        """Create ``cls_score``, ``bbox_pred``, ``centerness`` (3x3 convs) and ``scales``."""
         c = self.in_channels
         self.cls_score = nn.Conv2d(c, self.num_classes, kernel_size=3, padding=1)
         self.bbox_pred = nn.Conv2d(c, 4, kernel_size=3, padding=1)
@@ -90,6 +133,8 @@ class _FCOSPredictors(nn.Module):
         gate_maps: list[torch.Tensor] | None = None,
         fusion_gate_maps: list[torch.Tensor] | None = None,
     ) -> FCOSHeadOutputs:
+        """The predictions of the towers' outputs (per level ``[N, C, h_l, w_l]``), with the
+        head's ``cost`` and gate maps passed through (see :class:`FCOSHeadOutputs`)."""
         logits, bbox_reg, centerness = [], [], []
         for level, (cls_feat, bbox_feat) in enumerate(zip(cls_towers, bbox_towers)):
             logits.append(self.cls_score(cls_feat))
@@ -102,15 +147,38 @@ class _FCOSPredictors(nn.Module):
         return FCOSHeadOutputs(logits, bbox_reg, centerness, cost, gate_maps, fusion_gate_maps)
 
 
+@FCOS_HEAD_REGISTRY.register()
 class FCOSHead(_FCOSPredictors):
-    """The FCOS head: ``NUM_CONVS`` x (3x3 conv + GN + ReLU) per branch, shared across levels."""
+    """The FCOS head: ``num_convs`` x (3x3 conv + GN + ReLU) per branch, shared across levels.
 
-    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
-        super().__init__(cfg, input_shape)
+    Keyword arguments: those of the shared predictors (see ``_FCOSPredictors``); or
+    ``FCOSHead(cfg, input_shape)``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: list[ShapeSpec],
+        num_classes: int,
+        fpn_strides: list[int],
+        num_convs: int,
+        prior_prob: float,
+        centerness_on_reg: bool = False,
+        norm_reg_targets: bool = False,
+    ) -> None:
+        super().__init__(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            fpn_strides=fpn_strides,
+            num_convs=num_convs,
+            centerness_on_reg=centerness_on_reg,
+            norm_reg_targets=norm_reg_targets,
+        )
         self.cls_subnet = self._tower()
         self.bbox_subnet = self._tower()
         init_head_layers(self)
-        self.build_predictors(cfg.MODEL.FCOS.PRIOR_PROB)
+        self.build_predictors(prior_prob)
 
     def _tower(self) -> nn.Sequential:
         c = self.in_channels
@@ -134,8 +202,7 @@ class FCOSHead(_FCOSPredictors):
         return 2.0 * self.num_convs * (c * c * 9 + c)
 
 
-def _num_stages(cfg) -> int:
-    num_convs = cfg.MODEL.FCOS.NUM_CONVS
+def _num_stages(num_convs: int) -> int:
     if num_convs < 2 or num_convs % 2:
         raise ValueError(
             f"MODEL.FCOS.NUM_CONVS must be a positive even number for the deep heads (each stage is "
@@ -144,20 +211,53 @@ def _num_stages(cfg) -> int:
     return num_convs // 2
 
 
+@FCOS_HEAD_REGISTRY.register()
 class FCOSFixHead(_FCOSPredictors):
-    """Fixed deep head: ``NUM_CONVS // 2`` (scale fusion + residual cell) stages per branch."""
+    """Fixed deep head: ``num_convs // 2`` (scale fusion + residual cell) stages per branch.
 
-    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
-        super().__init__(cfg, input_shape)
-        stages = _num_stages(cfg)
-        resize = cfg.MODEL.FCOS.RESIZE_METHOD
+    Keyword arguments: those of :class:`FCOSHead` (``num_convs`` a positive even number) and
+    ``resize_method`` (``"bilinear"`` or ``"nearest"``: how a stage brings neighbouring levels
+    to a level's size); or ``FCOSFixHead(cfg, input_shape)``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: list[ShapeSpec],
+        num_classes: int,
+        fpn_strides: list[int],
+        num_convs: int,
+        prior_prob: float,
+        resize_method: str,
+        centerness_on_reg: bool = False,
+        norm_reg_targets: bool = False,
+    ) -> None:
+        super().__init__(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            fpn_strides=fpn_strides,
+            num_convs=num_convs,
+            centerness_on_reg=centerness_on_reg,
+            norm_reg_targets=norm_reg_targets,
+        )
+        stages = _num_stages(num_convs)
+        resize = resize_method
         self.cls_subnet = nn.ModuleList(
             [ScaleFusion(self.in_channels, resize) for _ in range(stages)]
         )
         self.bbox_subnet = nn.ModuleList(
             [ScaleFusion(self.in_channels, resize) for _ in range(stages)]
         )
-        self.build_predictors(cfg.MODEL.FCOS.PRIOR_PROB)
+        self.build_predictors(prior_prob)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: list[ShapeSpec]) -> dict:
+        """The shared keys of MODEL.FCOS plus RESIZE_METHOD."""
+        return {
+            **super().from_config(cfg, input_shape),
+            "resize_method": cfg.MODEL.FCOS.RESIZE_METHOD,
+        }
 
     def forward(
         self, features: list[torch.Tensor], return_gate_maps: bool = False
@@ -170,37 +270,77 @@ class FCOSFixHead(_FCOSPredictors):
         return self.predict(cls_levels, bbox_levels)
 
     def cost_per_position(self) -> float:
+        """MACs per location of both towers with every unit computed (the full cost)."""
         return sum(stage.cost_per_position() for stage in [*self.cls_subnet, *self.bbox_subnet])
 
 
+@FCOS_HEAD_REGISTRY.register()
 class FCOSDynamicHead(_FCOSPredictors):
     """Fine-grained dynamic head: the fixed deep head with a spatial gate on every unit.
 
-    Config: MODEL.FCOS.NUM_GROUPS, GATE_ACTIVATION, GATE_ACTIVATION_KARGS, RESIZE_METHOD.
-    The outputs carry the head's per-image cost (:class:`~cvpods.layers.GateCost`, MACs).
+    Keyword arguments: those of :class:`FCOSFixHead`, and ``num_groups`` (gate maps per unit;
+    must divide the channel count), ``gate_activation`` (``"ReTanH"``, ``"GeReTanH"`` or
+    ``"Sigmoid"``) and ``gate_activation_kwargs`` (e.g. ``{"tau": 1.5}`` for GeReTanH); or
+    ``FCOSDynamicHead(cfg, input_shape)`` (MODEL.FCOS.NUM_GROUPS, GATE_ACTIVATION,
+    GATE_ACTIVATION_KARGS, RESIZE_METHOD). The outputs carry the head's per-image cost
+    (:class:`~cvpods.layers.GateCost`, MACs).
     """
 
-    def __init__(self, cfg, input_shape: list[ShapeSpec]) -> None:
-        super().__init__(cfg, input_shape)
-        fcos = cfg.MODEL.FCOS
-        stages = _num_stages(cfg)
-        if self.in_channels % fcos.NUM_GROUPS:
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: list[ShapeSpec],
+        num_classes: int,
+        fpn_strides: list[int],
+        num_convs: int,
+        prior_prob: float,
+        resize_method: str,
+        num_groups: int,
+        gate_activation: str,
+        gate_activation_kwargs: dict | None = None,
+        centerness_on_reg: bool = False,
+        norm_reg_targets: bool = False,
+    ) -> None:
+        super().__init__(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            fpn_strides=fpn_strides,
+            num_convs=num_convs,
+            centerness_on_reg=centerness_on_reg,
+            norm_reg_targets=norm_reg_targets,
+        )
+        stages = _num_stages(num_convs)
+        if self.in_channels % num_groups:
             raise ValueError(
-                f"MODEL.FCOS.NUM_GROUPS={fcos.NUM_GROUPS} must divide the head's {self.in_channels} channels"
+                f"MODEL.FCOS.NUM_GROUPS={num_groups} must divide the head's {self.in_channels} channels"
             )
 
         def stage() -> DynamicScaleFusion:
             return DynamicScaleFusion(
                 self.in_channels,
-                num_groups=fcos.NUM_GROUPS,
-                resize_method=fcos.RESIZE_METHOD,
-                gate_activation=fcos.GATE_ACTIVATION,
-                gate_activation_kwargs=dict(fcos.GATE_ACTIVATION_KARGS),
+                num_groups=num_groups,
+                resize_method=resize_method,
+                gate_activation=gate_activation,
+                gate_activation_kwargs=dict(gate_activation_kwargs or {}),
             )
 
         self.cls_subnet = nn.ModuleList([stage() for _ in range(stages)])
         self.bbox_subnet = nn.ModuleList([stage() for _ in range(stages)])
-        self.build_predictors(fcos.PRIOR_PROB)
+        self.build_predictors(prior_prob)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: list[ShapeSpec]) -> dict:
+        """The keys of :meth:`FCOSFixHead.from_config` plus the gates' (NUM_GROUPS,
+        GATE_ACTIVATION, GATE_ACTIVATION_KARGS)."""
+        fcos = cfg.MODEL.FCOS
+        return {
+            **super().from_config(cfg, input_shape),
+            "resize_method": fcos.RESIZE_METHOD,
+            "num_groups": fcos.NUM_GROUPS,
+            "gate_activation": fcos.GATE_ACTIVATION,
+            "gate_activation_kwargs": dict(fcos.GATE_ACTIVATION_KARGS),
+        }
 
     def forward(
         self, features: list[torch.Tensor], return_gate_maps: bool = False
@@ -221,4 +361,5 @@ class FCOSDynamicHead(_FCOSPredictors):
         )
 
     def cost_per_position(self) -> float:
+        """MACs per location of both towers with every unit computed (the full cost)."""
         return sum(stage.cost_per_position() for stage in [*self.cls_subnet, *self.bbox_subnet])

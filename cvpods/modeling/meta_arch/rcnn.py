@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from ...configs import configurable
 from ...layers import ShapeSpec
 from ...structures import ImageList, Instances
 from ..backbone import Backbone, build_resnet_fpn_backbone
@@ -16,8 +19,10 @@ from ..postprocessing import (
 )
 from ..proposal_generator import RPN
 from ..roi_heads import StandardROIHeads
+from .build import META_ARCH_REGISTRY
 
 
+@META_ARCH_REGISTRY.register()
 class GeneralizedRCNN(nn.Module):
     """A two-stage detector with cvpods' structure and state-dict names: ``backbone.*``,
     ``proposal_generator.*`` (:class:`~cvpods.modeling.proposal_generator.RPN`) and
@@ -33,18 +38,49 @@ class GeneralizedRCNN(nn.Module):
     :class:`~cvpods.layers.GateCost` of ``[N]`` MACs in the training losses, of 0-d tensors in each
     image's results; ``inference(..., return_gate_maps=True)`` adds the ``"gate_maps"`` and
     ``"fusion_gate_maps"``.
+
+    Build it from a config, ``GeneralizedRCNN(cfg)`` (optionally with ``backbone=`` a built
+    backbone), or with keyword arguments:
+
+    Args:
+        backbone: a :class:`~cvpods.modeling.backbone.Backbone` (its outputs feed both stages).
+        proposal_generator: the :class:`~cvpods.modeling.proposal_generator.RPN`.
+        roi_heads: the :class:`~cvpods.modeling.roi_heads.StandardROIHeads`.
+        pixel_mean, pixel_std: per-channel normalisation (INPUT.FORMAT order, 0..255 units).
     """
 
-    def __init__(self, cfg, backbone: Backbone | None = None) -> None:
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module,
+        roi_heads: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ) -> None:
         super().__init__()
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+
+        register_pixel_normalization(self, pixel_mean, pixel_std)
+
+    @classmethod
+    def from_config(cls, cfg, backbone: Backbone | None = None) -> dict:
+        """The keyword arguments from the config: the backbone (default: ResNet-FPN of the
+        config), ``RPN(cfg, ...)`` and ``StandardROIHeads(cfg, ...)`` on its outputs,
+        MODEL.PIXEL_MEAN / PIXEL_STD."""
         if backbone is None:
             backbone = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
-        self.backbone = backbone
         shapes = backbone.output_shape()
-        self.proposal_generator = RPN(cfg, shapes)
-        self.roi_heads = StandardROIHeads(cfg, shapes)
-
-        register_pixel_normalization(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
+        return dict(
+            backbone=backbone,
+            proposal_generator=RPN(cfg, shapes),
+            roi_heads=StandardROIHeads(cfg, shapes),
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+        )
 
     @property
     def device(self) -> torch.device:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...configs import configurable
 from ...layers import Conv2d, ShapeSpec, get_norm
 
 
@@ -24,16 +25,34 @@ def c2_msra_fill(module: nn.Module) -> None:
 
 
 class FastRCNNConvFCHead(nn.Module):
-    """``NUM_CONV`` 3x3 convs (``conv1``..) then ``NUM_FC`` fully connected layers (``fc1``..),
-    each followed by ReLU. ``2fc``: NUM_CONV 0, NUM_FC 2, FC_DIM 1024.
+    """``num_conv`` 3x3 convs (``conv1``..) then ``num_fc`` fully connected layers (``fc1``..),
+    each followed by ReLU. ``2fc``: num_conv 0, num_fc 2, fc_dim 1024.
 
-    ``[R, C, S, S]`` pooled features -> ``[R, FC_DIM]`` (or the conv map when NUM_FC is 0).
+    ``[R, C, S, S]`` pooled features -> ``[R, fc_dim]`` (or the conv map when num_fc is 0).
+
+    Args:
+        input_shape: the pooled features' ``channels``, ``height`` and ``width`` (S x S).
+        num_conv: 3x3 convs (stride 1, ``conv_dim`` channels each), before the FC layers.
+        conv_dim: their output channels.
+        num_fc: fully connected layers.
+        fc_dim: their output features.
+        norm: the convs' norm (``""``: none, a conv bias instead; ``"GN"``, ``"BN"``, ...).
+
+    Or ``FastRCNNConvFCHead(cfg, input_shape)`` (MODEL.ROI_BOX_HEAD).
     """
 
-    def __init__(self, cfg, input_shape: ShapeSpec) -> None:
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: ShapeSpec,
+        num_conv: int = 0,
+        conv_dim: int = 256,
+        num_fc: int = 2,
+        fc_dim: int = 1024,
+        norm: str = "",
+    ) -> None:
         super().__init__()
-        h = cfg.MODEL.ROI_BOX_HEAD
-        num_conv, conv_dim, num_fc, fc_dim = h.NUM_CONV, h.CONV_DIM, h.NUM_FC, h.FC_DIM
         if num_conv + num_fc <= 0:
             raise ValueError("MODEL.ROI_BOX_HEAD needs NUM_CONV + NUM_FC > 0")
         self._output_size = (input_shape.channels, input_shape.height, input_shape.width)
@@ -44,8 +63,8 @@ class FastRCNNConvFCHead(nn.Module):
                 conv_dim,
                 kernel_size=3,
                 padding=1,
-                bias=not h.NORM,
-                norm=get_norm(h.NORM, conv_dim),
+                bias=not norm,
+                norm=get_norm(norm, conv_dim),
                 activation=F.relu,
             )
             c2_msra_fill(conv)
@@ -65,7 +84,21 @@ class FastRCNNConvFCHead(nn.Module):
             self.fcs.append(fc)
             self._output_size = fc_dim
 
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
+        """MODEL.ROI_BOX_HEAD.NUM_CONV, CONV_DIM, NUM_FC, FC_DIM and NORM."""
+        h = cfg.MODEL.ROI_BOX_HEAD
+        return dict(
+            input_shape=input_shape,
+            num_conv=h.NUM_CONV,
+            conv_dim=h.CONV_DIM,
+            num_fc=h.NUM_FC,
+            fc_dim=h.FC_DIM,
+            norm=h.NORM,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [R, C, S, S]`` -> ``[R, fc_dim]`` (or ``[R, conv_dim, S, S]`` without FC layers)."""
         for layer in self.conv_norm_relus:
             x = layer(x)
         if self.fcs:

@@ -327,3 +327,24 @@ def test_plot_error_for_a_bad_row(tmp_path, capsys):
     bad.write_text(json.dumps({"bbox": {"AP": 1.0}}))
     assert plot_results.main([str(bad), "--out", str(tmp_path / "x.png")]) == 1
     assert f"plot_results: error: {bad}: no 'experiment', 'full_gflops'" in capsys.readouterr().err
+
+
+def test_run_config_of_a_dump_older_than_the_builder_keys(tmp_path):
+    """A run dumped before MODEL.META_ARCHITECTURE / MODEL.FCOS.HEAD_NAME existed (its net.py
+    named the head) is rebuilt with the experiment's current head, not the default one."""
+    folder = tmp_path / "shapes.res18.dynamic.d4.lambda-0_1"
+    source = REPO / "cvpods_playground" / folder.name
+    folder.mkdir()
+    for name in ("config.py", "net.py"):
+        shutil.copy(source / name, folder / name)
+    cfg, _, _, _ = collect_results.run_config(folder)
+    del cfg.MODEL["META_ARCHITECTURE"], cfg.MODEL.FCOS["HEAD_NAME"]
+    cfg.MODEL.FCOS.NUM_CLASSES = 4  # a dumped value wins over config.py's
+    (folder / "log").mkdir()
+    (folder / "log" / "config_dump.py").write_text(cfg.dump())
+
+    cfg, build_model, _, config_source = collect_results.run_config(folder)
+    assert config_source == folder / "log" / "config_dump.py"
+    assert cfg.MODEL.META_ARCHITECTURE == "FCOS" and cfg.MODEL.FCOS.HEAD_NAME == "FCOSDynamicHead"
+    model = build_model(cfg)
+    assert type(model.head).__name__ == "FCOSDynamicHead" and model.num_classes == 4

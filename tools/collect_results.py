@@ -143,6 +143,29 @@ def train_minutes(output_dir: Path) -> tuple[float, str]:
     )
 
 
+#: The keys that say what the library's ``build_model`` builds (net.py re-exports it).
+BUILDER_KEYS = ("MODEL.META_ARCHITECTURE", "MODEL.FCOS.HEAD_NAME", "MODEL.RPN.HEAD_NAME")
+
+
+def fill_builder_keys(dumped, current):
+    """``dumped`` with each of :data:`BUILDER_KEYS` it lacks taken from ``current``.
+
+    A run dumped before those keys existed (its net.py then named the head itself) is rebuilt
+    with the values of the experiment's config.py; a key the dump holds keeps its value.
+    """
+    for key in BUILDER_KEYS:
+        *parents, name = key.split(".")
+        mine, theirs = dumped, current
+        for part in parents:
+            mine, theirs = mine.get(part), theirs.get(part)
+            if not isinstance(mine, dict) or not isinstance(theirs, dict):
+                break
+        else:
+            if name not in mine and name in theirs:
+                mine[name] = theirs[name]
+    return dumped
+
+
 def run_config(folder: Path):
     """``(cfg, build_model, trainer, config_source)`` of the run in ``folder``."""
     from cvpods.engine.launcher import (
@@ -164,9 +187,10 @@ def run_config(folder: Path):
     ):
         if dump.is_file():
             try:
-                cfg = type(cfg).load_dump(dump.read_text(encoding="utf-8"))
+                dumped = type(cfg).load_dump(dump.read_text(encoding="utf-8"))
             except Exception as error:  # noqa: BLE001 - any parse error is reported the same way
                 raise CollectError(f"{dump}: not a readable config dump ({error})") from None
+            cfg = fill_builder_keys(dumped, cfg)
             source = dump
             break
     cfg.OUTPUT_DIR = output_dir  # the folder may have moved since the dump was written

@@ -1,7 +1,9 @@
-"""Faster R-CNN with the static deep RPN head (MODEL.RPN.HEAD_NAME "FixRPNHead")."""
+"""Faster R-CNN with the static deep RPN head (MODEL.RPN.HEAD_NAME "FixRPNHead").
 
-from cvpods.modeling import GeneralizedRCNN
+The library builds it: config.py names the detector (MODEL.META_ARCHITECTURE) and the head
+(MODEL.RPN.HEAD_NAME); a custom model would define its own ``build_model(cfg)`` here.
+"""
 
+from cvpods.modeling import build_model
 
-def build_model(cfg) -> GeneralizedRCNN:
-    return GeneralizedRCNN(cfg)
+__all__ = ["build_model"]

@@ -1,8 +1,10 @@
 """Fine-grained dynamic FCOS head
-(depth D8, no budget loss): FCOS with the ``FCOSDynamicHead`` head on a ResNet-FPN backbone."""
+(depth D8, no budget loss): FCOS with the ``FCOSDynamicHead`` head on a ResNet-FPN backbone.
 
-from cvpods.modeling import FCOS, FCOSDynamicHead
+The library builds it: config.py names the detector (MODEL.META_ARCHITECTURE) and the head
+(MODEL.FCOS.HEAD_NAME); a custom model would define its own ``build_model(cfg)`` here.
+"""
 
+from cvpods.modeling import build_model
 
-def build_model(cfg) -> FCOS:
-    return FCOS(cfg, head_cls=FCOSDynamicHead)
+__all__ = ["build_model"]

@@ -13,7 +13,11 @@ class ExperimentConfig(FCOSConfig):
         self._register_configuration(COCO_FCOS_R50_1X)
         self._register_configuration(RELEASE_GATES)
         self._register_configuration(
-            dict(MODEL=dict(FCOS=dict(NUM_CONVS=16, BUDGET_LOSS_LAMBDA=0.8)))
+            dict(
+                MODEL=dict(
+                    FCOS=dict(HEAD_NAME="FCOSDynamicHead", NUM_CONVS=16, BUDGET_LOSS_LAMBDA=0.8)
+                )
+            )
         )
 
 

@@ -11,7 +11,9 @@ class ExperimentConfig(FCOSConfig):
     def __init__(self) -> None:
         super().__init__()
         self._register_configuration(COCO_FCOS_R50_1X)
-        self._register_configuration(dict(MODEL=dict(FCOS=dict(NUM_CONVS=16))))
+        self._register_configuration(
+            dict(MODEL=dict(FCOS=dict(HEAD_NAME="FCOSFixHead", NUM_CONVS=16)))
+        )
 
 
 config = ExperimentConfig()

@@ -1,7 +1,9 @@
-"""Fixed deep FCOS head, depth D8: FCOS with the ``FCOSFixHead`` head on a ResNet-FPN backbone."""
+"""Fixed deep FCOS head, depth D8: FCOS with the ``FCOSFixHead`` head on a ResNet-FPN backbone.
 
-from cvpods.modeling import FCOS, FCOSFixHead
+The library builds it: config.py names the detector (MODEL.META_ARCHITECTURE) and the head
+(MODEL.FCOS.HEAD_NAME); a custom model would define its own ``build_model(cfg)`` here.
+"""
 
+from cvpods.modeling import build_model
 
-def build_model(cfg) -> FCOS:
-    return FCOS(cfg, head_cls=FCOSFixHead)
+__all__ = ["build_model"]

@@ -21,7 +21,11 @@ class ExperimentConfig(FCOSConfig):
         self._register_configuration(SHAPES_R18_GN_FROM_SCRATCH)
         self._register_configuration(RELEASE_GATES)
         self._register_configuration(
-            dict(MODEL=dict(FCOS=dict(NUM_CONVS=8, BUDGET_LOSS_LAMBDA=0.1)))
+            dict(
+                MODEL=dict(
+                    FCOS=dict(HEAD_NAME="FCOSDynamicHead", NUM_CONVS=8, BUDGET_LOSS_LAMBDA=0.1)
+                )
+            )
         )
         self._register_configuration(SHAPES_GATE_LEARNING)
 

@@ -1,7 +1,9 @@
-"""Fine-grained dynamic FCOS head (D4, budget lambda 0.8): FCOS with ``FCOSDynamicHead``."""
+"""Fine-grained dynamic FCOS head (D4, budget lambda 0.8): FCOS with ``FCOSDynamicHead``.
 
-from cvpods.modeling import FCOS, FCOSDynamicHead
+The library builds it: config.py names the detector (MODEL.META_ARCHITECTURE) and the head
+(MODEL.FCOS.HEAD_NAME); a custom model would define its own ``build_model(cfg)`` here.
+"""
 
+from cvpods.modeling import build_model
 
-def build_model(cfg) -> FCOS:
-    return FCOS(cfg, head_cls=FCOSDynamicHead)
+__all__ = ["build_model"]

@@ -1,7 +1,9 @@
-"""FCOS baseline: FCOS with the standard ``FCOSHead`` on a ResNet-FPN backbone."""
+"""FCOS baseline: FCOS with the standard ``FCOSHead`` on a ResNet-FPN backbone.
 
-from cvpods.modeling import FCOS, FCOSHead
+The library builds it: config.py names the detector (MODEL.META_ARCHITECTURE) and the head
+(MODEL.FCOS.HEAD_NAME); a custom model would define its own ``build_model(cfg)`` here.
+"""
 
+from cvpods.modeling import build_model
 
-def build_model(cfg) -> FCOS:
-    return FCOS(cfg, head_cls=FCOSHead)
+__all__ = ["build_model"]

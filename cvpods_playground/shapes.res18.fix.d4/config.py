@@ -10,7 +10,9 @@ class ExperimentConfig(FCOSConfig):
     def __init__(self) -> None:
         super().__init__()
         self._register_configuration(SHAPES_R18_GN_FROM_SCRATCH)
-        self._register_configuration(dict(MODEL=dict(FCOS=dict(NUM_CONVS=8))))
+        self._register_configuration(
+            dict(MODEL=dict(FCOS=dict(HEAD_NAME="FCOSFixHead", NUM_CONVS=8)))
+        )
 
 
 config = ExperimentConfig()

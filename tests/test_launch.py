@@ -20,7 +20,7 @@ from test_engine_support import (  # noqa: F401 - autouse fixtures
 )
 
 from cvpods.engine import default_setup, launch
-from cvpods.engine.launch import find_free_port
+from cvpods.engine.distributed_launch import find_free_port
 from cvpods.engine.launcher import load_experiment_with_trainer, prepare_config
 from cvpods.utils import comm
 

@@ -1,9 +1,10 @@
-"""Training engine: the trainer and its hooks, the default set-up, multi-process launching."""
+"""Training engine: the trainer and its hooks, the default set-up, multi-process start-up
+(:func:`launch`, from :mod:`.distributed_launch`) and the console commands (:mod:`.launcher`)."""
 
 from . import hooks
 from .defaults import DefaultTrainer, default_argument_parser, default_setup
+from .distributed_launch import launch
 from .hooks import HookBase
-from .launch import launch
 from .train_loop import SimpleTrainer, TrainerBase
 
 __all__ = [

@@ -78,7 +78,7 @@ from .defaults import (
     default_setup,
     results_file,
 )
-from .launch import launch
+from .distributed_launch import launch
 from .precision import add_precision_arguments, precision_overrides
 
 __all__ = [

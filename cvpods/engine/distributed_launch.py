@@ -1,4 +1,7 @@
-"""Start a function in one process per device (torch.multiprocessing + torch.distributed).
+"""Process start-up of distributed runs: :func:`launch` starts a function in one process per
+device (torch.multiprocessing + torch.distributed). It is re-exported as
+``cvpods.engine.launch``; the console commands ``cvpods_train`` / ``cvpods_test`` that call it are
+in :mod:`cvpods.engine.launcher`.
 
 With CUDA, each process drives one GPU and the processes talk over NCCL; without CUDA the
 processes run on the CPU and talk over Gloo (``num_gpus_per_machine`` then means "processes per

@@ -59,23 +59,6 @@ def draw_instances(
     return canvas
 
 
-def overlay_heatmap(
-    image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, label: str = ""
-) -> np.ndarray:
-    """``image`` blended with ``heat`` (``[h, w]`` values in [0, 1], resized to the image) as a
-    JET colour map, with an optional label in the corner."""
-    heat = cv2.resize(
-        heat.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST
-    )
-    colored = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(image, 1 - alpha, colored, alpha, 0)
-    if label:
-        cv2.putText(
-            blended, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
-        )
-    return blended
-
-
 def draw_label(
     canvas: np.ndarray,
     text: str,

@@ -9,7 +9,7 @@ from torch import nn
 
 from ...configs import configurable
 from ...layers import ShapeSpec
-from ...structures import ImageList, Instances
+from ...structures import ImageList
 from ..backbone import Backbone, build_resnet_fpn_backbone
 from ..postprocessing import (
     normalize_and_pad,
@@ -156,4 +156,4 @@ class GeneralizedRCNN(nn.Module):
         )  # fmt: skip
 
 
-__all__ = ["GeneralizedRCNN", "Instances"]
+__all__ = ["GeneralizedRCNN"]

@@ -50,18 +50,6 @@ def randomize_norms(module: torch.nn.Module, seed: int) -> None:
                 m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=gen))
 
 
-class Costs(CostCollector):
-    """A cost collector that also keeps every unit's cost."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.items = []
-
-    def add(self, cost) -> None:
-        super().add(cost)
-        self.items.append(cost)
-
-
 def group_norm_at(y: torch.Tensor, where: torch.Tensor, gn: torch.nn.GroupNorm) -> torch.Tensor:
     """``gn`` applied per image with statistics over the positions ``where [N, H, W]`` only;
     zeros elsewhere. Written out: mean and biased variance of each channel group's values."""
@@ -135,14 +123,14 @@ def test_two_gate_groups_one_closed_one_open():
         branch = dense_branch(cell, x)
     expected = F.relu(x + torch.cat([0 * branch[:, :16], branch[:, 16:]], dim=1))
 
-    costs = Costs()
+    costs = CostCollector()
     with torch.no_grad():
         out = cell.eval()(x, costs)
         train_out = cell.train()(x)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(train_out, expected, rtol=1e-10, atol=1e-10)
 
-    (cost,) = costs.items
+    cost = costs.total  # of the one unit run
     positions = 6 * 7
     used = positions * CONV_COST / 2 + positions * CONV_COST  # conv2 half (1 of 2 maps), conv1
     assert cost.used.tolist() == [used, used]
@@ -169,7 +157,7 @@ def test_two_gate_groups_with_spatial_gates():
 
     cell.gate.register_forward_hook(force)
     x = torch.randn(2, C, 6, 6, dtype=torch.float64)
-    costs = Costs()
+    costs = CostCollector()
     with torch.no_grad():
         out = cell(x, costs)
     assert calls == [(2, 2, 6, 6)]  # the gate module gives G=2 maps
@@ -180,7 +168,7 @@ def test_two_gate_groups_with_spatial_gates():
     torch.testing.assert_close(out[0, 16:, 1, 1], F.relu(x[0, 16:, 1, 1]), rtol=0, atol=0)
     assert not torch.allclose(out[0, :16, 1, 1], F.relu(x[0, :16, 1, 1]))
 
-    (cost,) = costs.items
+    cost = costs.total  # of the one unit run
     # conv2: 3 open (map, position) pairs of CONV_COST / 2 each. conv1: the 3x3 neighbourhoods of
     # (1, 1) -> rows 0-2 x cols 0-2 (9) and of (4, 3), (4, 4) -> rows 3-5 x cols 2-5 (12).
     assert cost.used.tolist() == [3 * CONV_COST / 2 + 21 * CONV_COST, 0.0]
@@ -334,13 +322,13 @@ def test_sigmoid_gated_cell_computes_everywhere_at_inference():
     with torch.no_grad():
         expected = F.relu(x + gate * dense_branch(cell, x))
 
-    costs = Costs()
+    costs = CostCollector()
     with torch.no_grad():
         out = cell.eval()(x, costs)
         train_out = cell.train()(x)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out, train_out, rtol=1e-10, atol=1e-10)
-    (cost,) = costs.items
+    cost = costs.total  # of the one unit run
     torch.testing.assert_close(cost.used, cost.full, rtol=0, atol=0)
     assert cost.full.tolist() == [2 * 63 * CONV_COST] * 2
     assert (cost.soft < cost.used).all()

@@ -14,7 +14,7 @@ from torch import nn
 
 from .batch_norm import get_norm
 from .masked_conv import MaskedEpilogue, masked_conv2d
-from .spatial_gate import CostCollector, GateCost, SpatialGate, unit_cost
+from .spatial_gate import CostCollector, GateCost, SpatialGate
 from .wrappers import Conv2d
 
 
@@ -125,9 +125,16 @@ class DynamicDepthCell(nn.Module):
 
     def cost(self, gate: torch.Tensor) -> GateCost:
         """conv2 costs where the gate is open, conv1 where the 3x3-dilated gate is open."""
+        collector = CostCollector()
+        self.add_cost(collector, gate)
+        return collector.total
+
+    def add_cost(self, costs: CostCollector, gate: torch.Tensor) -> None:
+        """Add :meth:`cost` of ``gate [N, G, H, W]`` to ``costs``."""
         conv1_cost, conv2_cost = self.bottleneck.conv_costs()
         dilated = F.max_pool2d(gate, kernel_size=3, stride=1, padding=1).amax(dim=1, keepdim=True)
-        return unit_cost(gate, conv2_cost) + unit_cost(dilated, conv1_cost)
+        costs.add_unit(gate, conv2_cost)
+        costs.add_unit(dilated, conv1_cost)
 
     def forward(
         self, x: torch.Tensor, costs: CostCollector | None = None, level: int = 0
@@ -141,7 +148,7 @@ class DynamicDepthCell(nn.Module):
         """
         gate = self.gate(x)
         if costs is not None:
-            costs.add(self.cost(gate))
+            self.add_cost(costs, gate)
             costs.add_depth_gate(level, gate)
         if self.training:
             return F.relu(self.gate.modulate(self.bottleneck(x), gate) + x)

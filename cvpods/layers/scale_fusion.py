@@ -20,7 +20,7 @@ from cvpods._extension import get_extension
 
 from .batch_norm import get_norm
 from .depth_cell import DynamicDepthCell, ResidualCell, init_head_layers
-from .spatial_gate import CostCollector, GateCost, SpatialGate, gate_logits, unit_cost
+from .spatial_gate import CostCollector, GateCost, SpatialGate, gate_logits
 
 #: Units per stage: index 0 reads the finer neighbour, index 1 the coarser one.
 NUM_ADJACENT_LEVELS = 2
@@ -129,8 +129,14 @@ class GatedDepthwiseUnit(nn.Module):
         self.gate = SpatialGate(channels, num_groups, gate_activation, gate_activation_kwargs)
 
     def cost(self, gate: torch.Tensor) -> GateCost:
+        collector = CostCollector()
+        self.add_cost(collector, gate)
+        return collector.total
+
+    def add_cost(self, costs: CostCollector, gate: torch.Tensor) -> None:
+        """Add :meth:`cost` of ``gate [N, G, H, W]`` to ``costs``."""
         # The release detaches these gates in the soft cost: the budget loss does not reach them.
-        return unit_cost(gate, depthwise_unit_cost(self.convs), detach_soft=True)
+        costs.add_unit(gate, depthwise_unit_cost(self.convs), detach_soft=True)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``x [N, C, H, W]``, ``gate [N, G, H, W]`` -> the gated unit output ``[N, C, H, W]``."""
@@ -193,7 +199,7 @@ class DynamicScaleFusion(nn.Module):
         if costs is not None:
             for unit, unit_gates in zip(units, gates):
                 for level, gate in enumerate(unit_gates):
-                    costs.add(unit.cost(gate))
+                    unit.add_cost(costs, gate)
                     costs.add_fusion_gate(level, gate)
         if self._fused_sum(levels[0]):
             fused = self._fused_neighbour_sums(levels, gates)

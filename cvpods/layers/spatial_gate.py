@@ -81,19 +81,19 @@ class GateCost:
 def unit_cost(gate: torch.Tensor, cost_per_position: float, detach_soft: bool = False) -> GateCost:
     """Cost of a unit that costs ``cost_per_position`` MACs at each position of ``gate [N, G, H, W]``.
 
-    Each of the G gate maps governs ``1/G`` of the unit.
+    Each of the G gate maps governs ``1/G`` of the unit (see :meth:`CostCollector.add_unit`).
     """
-    per_map = cost_per_position / gate.shape[1]
-    soft = gate.detach() if detach_soft else gate
-    return GateCost(
-        soft=soft.flatten(1).sum(1) * per_map,
-        used=(gate != 0).flatten(1).sum(1).to(gate.dtype) * per_map,
-        full=torch.full_like(gate[:, 0, 0, 0], gate[0].numel() * per_map),
-    )
+    collector = CostCollector()
+    collector.add_unit(gate, cost_per_position, detach_soft)
+    return collector.total
 
 
 class CostCollector:
     """Accumulates the :class:`GateCost` of every gated unit during one forward pass.
+
+    Units are added with :meth:`add_unit` (two reductions per unit; the per-unit costs are
+    weighted and summed once, when :attr:`total` is read) or as ready :class:`GateCost` values
+    with :meth:`add`.
 
     Args:
         keep_gate_maps: also record, per pyramid level, which positions each depth cell and
@@ -102,13 +102,43 @@ class CostCollector:
     """
 
     def __init__(self, keep_gate_maps: bool = False) -> None:
-        self.total: GateCost | None = None
+        self._added: GateCost | None = None
+        self._gate_sums: list[torch.Tensor] = []  # [N] sum of a unit's gate values
+        self._open_counts: list[torch.Tensor] = []  # [N] number of its non-zero gate values
+        self._macs_per_value: list[float] = []  # MACs one gate value governs
+        self._full_macs = 0.0  # per image
         self._depth_gates: list[list[torch.Tensor]] | None = [] if keep_gate_maps else None
         self._fusion_gates: list[list[torch.Tensor]] | None = [] if keep_gate_maps else None
 
     def add(self, cost: GateCost) -> None:
-        """Add one unit's cost (``[N]`` MACs per field) to :attr:`total`."""
-        self.total = cost if self.total is None else self.total + cost
+        """Add one unit's cost (``[N]`` MACs per field)."""
+        self._added = cost if self._added is None else self._added + cost
+
+    def add_unit(
+        self, gate: torch.Tensor, cost_per_position: float, detach_soft: bool = False
+    ) -> None:
+        """Add a unit that costs ``cost_per_position`` MACs at each position of its gate
+        ``[N, G, H, W]``; each of the G gate maps governs ``1/G`` of the unit. The same cost as
+        :func:`unit_cost`; ``detach_soft`` keeps the budget loss from reaching the gate."""
+        per_value = cost_per_position / gate.shape[1]
+        values = gate.flatten(1)
+        self._gate_sums.append((values.detach() if detach_soft else values).sum(1))
+        self._open_counts.append(torch.count_nonzero(values.detach(), dim=1))
+        self._macs_per_value.append(per_value)
+        self._full_macs += values.shape[1] * per_value
+
+    @property
+    def total(self) -> GateCost | None:
+        """The summed :class:`GateCost` of everything added (None when nothing was)."""
+        if not self._gate_sums:
+            return self._added
+        sums = torch.stack(self._gate_sums)
+        # float64 weights and sums: exact counts times MACs, and one rounding to the gate dtype.
+        weights = torch.tensor(self._macs_per_value, dtype=torch.float64, device=sums.device)
+        soft = (sums.double() * weights[:, None]).sum(0).to(sums.dtype)
+        used = (torch.stack(self._open_counts).double() * weights[:, None]).sum(0).to(sums.dtype)
+        total = GateCost(soft=soft, used=used, full=torch.full_like(used, self._full_macs))
+        return total if self._added is None else total + self._added
 
     def add_depth_gate(self, level: int, gate: torch.Tensor) -> None:
         """Record a depth cell's gate map ``gate [N, G, H_l, W_l]`` on pyramid level ``level``

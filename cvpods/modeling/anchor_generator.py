@@ -77,6 +77,13 @@ class DefaultAnchorGenerator(nn.Module):
     """The anchors of every FPN level: level ``l`` has ``len(SIZES[l]) * len(ASPECT_RATIOS[l])``
     anchors per cell (MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS / OFFSET; one list applies to
     every level). The cell anchors are buffers (``cell_anchors.<l>``), as in cvpods checkpoints.
+
+    Args:
+        sizes: anchor sizes (sqrt of the area, input pixels): one list per level, or one list
+            for every level.
+        aspect_ratios: height / width ratios, likewise.
+        strides: the levels' strides in input pixels, finest first.
+        offset: anchor centres at ``(cell + offset) * stride``, ``offset`` in [0, 1).
     """
 
     def __init__(
@@ -98,9 +105,10 @@ class DefaultAnchorGenerator(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg, strides: Sequence[int]) -> DefaultAnchorGenerator:
+    def from_config(cls, cfg, strides: Sequence[int]) -> dict:
+        """The constructor's arguments from MODEL.ANCHOR_GENERATOR, for levels of ``strides``."""
         a = cfg.MODEL.ANCHOR_GENERATOR
-        return cls(a.SIZES, a.ASPECT_RATIOS, strides, a.OFFSET)
+        return dict(sizes=a.SIZES, aspect_ratios=a.ASPECT_RATIOS, strides=strides, offset=a.OFFSET)
 
     @property
     def num_cell_anchors(self) -> list[int]:
@@ -109,6 +117,7 @@ class DefaultAnchorGenerator(nn.Module):
 
     @property
     def box_dim(self) -> int:
+        """Numbers per anchor box (XYXY)."""
         return 4
 
     def forward(self, features: list[torch.Tensor]) -> list[Boxes]:

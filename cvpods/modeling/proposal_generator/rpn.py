@@ -121,7 +121,9 @@ class RPN(nn.Module):
                 f"MODEL.RPN.IN_FEATURES {missing} are not backbone outputs {list(input_shape)}"
             )
         shapes = [input_shape[f] for f in in_features]
-        anchor_generator = DefaultAnchorGenerator.from_config(cfg, [s.stride for s in shapes])
+        anchor_generator = DefaultAnchorGenerator(
+            **DefaultAnchorGenerator.from_config(cfg, [s.stride for s in shapes])
+        )
         return dict(
             in_features=in_features,
             head=build_rpn_head(cfg, shapes, anchor_generator.num_cell_anchors),

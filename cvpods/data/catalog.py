@@ -150,14 +150,17 @@ class Metadata:
         values[key] = value
 
     def set(self, **kwargs: Any) -> Metadata:
+        """Set several attributes (each as ``setattr``: a changed value is refused); returns self."""
         for key, value in kwargs.items():
             setattr(self, key, value)
         return self
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The attribute ``key``, or ``default`` when it is not set."""
         return self._values.get(key, default)
 
     def as_dict(self) -> dict[str, Any]:
+        """A copy of every attribute."""
         return dict(self._values)
 
     def __iter__(self) -> Iterator[str]:

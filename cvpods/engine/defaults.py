@@ -267,6 +267,7 @@ class DefaultTrainer(SimpleTrainer):
     # ------------------------------------------------------------------ building blocks
     @classmethod
     def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+        """SGD over ``model``'s trainable parameters (:func:`cvpods.solver.build_optimizer`)."""
         from cvpods.solver import build_optimizer
 
         return build_optimizer(cfg, model)
@@ -275,6 +276,8 @@ class DefaultTrainer(SimpleTrainer):
     def build_lr_scheduler(
         cls, cfg: Any, optimizer: torch.optim.Optimizer
     ) -> torch.optim.lr_scheduler.LRScheduler:
+        """SOLVER.LR_SCHEDULER_NAME with warm-up, stepped once per iteration
+        (:func:`cvpods.solver.build_lr_scheduler`)."""
         from cvpods.solver import build_lr_scheduler
 
         return build_lr_scheduler(cfg, optimizer)
@@ -296,6 +299,8 @@ class DefaultTrainer(SimpleTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: Any, dataset_name: str) -> Iterable:
+        """Batches of one image (a list with one dict) of ``dataset_name``, in dataset order,
+        with the test-time augmentation (:func:`cvpods.data.build_test_loader`)."""
         from cvpods.data import build_test_loader
 
         return build_test_loader(cfg, dataset_name)

@@ -290,9 +290,11 @@ class InferencePrecision:
 
     @property
     def parts(self) -> list[nn.Module]:
+        """The wrapped modules: the network parts, and the gate convs kept in float32."""
         return list(self._wrapped)
 
     def remove(self) -> None:
+        """Restore every wrapped module's own ``forward`` (the model infers in float32 again)."""
         for module in self._wrapped:
             module.__dict__.pop("forward", None)
         self._wrapped = []

@@ -78,6 +78,7 @@ class TrainerBase:
 
     @property
     def hooks(self) -> list[HookBase]:
+        """The registered hooks, in the order they run (a copy)."""
         return list(self._hooks)
 
     def train(self, start_iter: int, max_iter: int) -> None:
@@ -100,24 +101,29 @@ class TrainerBase:
                 self.after_train()
 
     def before_train(self) -> None:
+        """Run every hook's ``before_train``."""
         for hook in self._hooks:
             hook.before_train()
 
     def after_train(self) -> None:
+        """Run every hook's ``after_train`` (with ``storage.iter`` at the last iteration run)."""
         self.storage.iter = min(self.iter, self.max_iter - 1) if self.max_iter > 0 else 0
         for hook in self._hooks:
             hook.after_train()
 
     def before_step(self) -> None:
+        """Point the storage at this iteration, then run every hook's ``before_step``."""
         self.storage.iter = self.iter
         for hook in self._hooks:
             hook.before_step()
 
     def after_step(self) -> None:
+        """Run every hook's ``after_step``."""
         for hook in self._hooks:
             hook.after_step()
 
     def run_step(self) -> None:
+        """One training iteration (subclasses implement it)."""
         raise NotImplementedError
 
 
@@ -191,6 +197,9 @@ class SimpleTrainer(TrainerBase):
         return self._data_loader_iter
 
     def run_step(self) -> None:
+        """Next batch, forward, sum of the losses, backward, optimizer step; records the losses
+        (averaged over processes), their sum ``total_loss`` and ``data_time`` (seconds spent
+        waiting for the batch). A non-finite loss raises FloatingPointError naming it."""
         if not self.model.training:
             raise RuntimeError("SimpleTrainer: the model was left in eval mode")
         start = time.perf_counter()

@@ -194,6 +194,7 @@ class COCOEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
+        """Drop the detections collected so far."""
         self._predictions: list[dict] = []
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
@@ -207,6 +208,9 @@ class COCOEvaluator(DatasetEvaluator):
             self._predictions.append(entry)
 
     def evaluate(self) -> dict:
+        """COCO box AP of the collected detections (see the class docstring); ``{}`` on other
+        processes, or when nothing was processed. A ValueError names image ids that are not in
+        the ground truth."""
         predictions = self._predictions
         if self.distributed:
             comm.synchronize()

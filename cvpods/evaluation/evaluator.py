@@ -33,12 +33,16 @@ class DatasetEvaluator:
     """
 
     def reset(self) -> None:
-        pass
+        """Forget everything processed so far (called before an evaluation)."""
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        """Take one batch: ``inputs`` as the test loader gives them (one dict per image, with
+        ``image_id``, ``height``, ``width``), ``outputs`` the model's (one dict per image, e.g.
+        ``{"instances": Instances, "head_cost": GateCost}``)."""
         raise NotImplementedError
 
     def evaluate(self) -> dict | None:
+        """The metrics over every processed batch: ``{task: {metric: value}}``."""
         raise NotImplementedError
 
 
@@ -49,14 +53,17 @@ class DatasetEvaluators(DatasetEvaluator):
         self.evaluators = list(evaluators)
 
     def reset(self) -> None:
+        """Reset every evaluator."""
         for evaluator in self.evaluators:
             evaluator.reset()
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        """Give the batch to every evaluator."""
         for evaluator in self.evaluators:
             evaluator.process(inputs, outputs)
 
     def evaluate(self) -> dict:
+        """The union of the evaluators' results; a KeyError if two report the same task."""
         results: dict = {}
         for evaluator in self.evaluators:
             for task, value in (evaluator.evaluate() or {}).items():

@@ -30,6 +30,7 @@ class HeadComplexityEvaluator(DatasetEvaluator):
         self._full_gflops: list[float] = []
 
     def reset(self) -> None:
+        """Drop the costs recorded so far."""
         self._gflops = []
         self._full_gflops = []
 

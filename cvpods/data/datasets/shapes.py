@@ -92,6 +92,8 @@ class ShapesSpec:
 
     @property
     def folder_name(self) -> str:
+        """The folder (under the shapes root) that holds this split: every parameter and the
+        format version are in its name, so a change makes a new folder."""
         return (
             f"{self.split}_n{self.num_images}_{self.min_size}-{self.max_size}px_"
             f"seed{self.seed}_v{FORMAT_VERSION}"

@@ -70,6 +70,8 @@ class Augmentation:
     """Draws a :class:`Transform` for one image."""
 
     def get_transform(self, image: np.ndarray, rng: np.random.Generator) -> Transform:
+        """The transform for ``image`` (``[H, W, C]`` uint8), its random choices drawn from
+        ``rng`` (a :class:`NoOpTransform` when nothing changes)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

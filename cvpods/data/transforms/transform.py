@@ -31,6 +31,7 @@ class Transform:
     """Base class: geometry-free by default (points and boxes are returned unchanged)."""
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """``[H, W, C]`` (or ``[H, W]``) uint8 image -> the transformed image, uint8."""
         raise NotImplementedError
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
@@ -56,16 +57,19 @@ class TransformList(Transform):
         self.transforms = [t for t in transforms if not isinstance(t, NoOpTransform)]
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """The image through every transform, in order."""
         for t in self.transforms:
             image = t.apply_image(image)
         return image
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        """``[N, 2]`` points through every transform, in order."""
         for t in self.transforms:
             coords = t.apply_coords(coords)
         return coords
 
     def apply_box(self, boxes: np.ndarray) -> np.ndarray:
+        """``[N, 4]`` XYXY boxes through every transform's :meth:`apply_box`, in order."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         for t in self.transforms:
             boxes = t.apply_box(boxes)
@@ -76,6 +80,8 @@ class TransformList(Transform):
 
 
 class NoOpTransform(Transform):
+    """Leaves the image and its annotations as they are."""
+
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         return image
 

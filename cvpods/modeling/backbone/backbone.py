@@ -23,6 +23,7 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         return 0
 
     def output_shape(self) -> dict[str, ShapeSpec]:
+        """``{name: ShapeSpec(channels, stride)}`` of every output (stride in input pixels)."""
         return {
             name: ShapeSpec(
                 channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]

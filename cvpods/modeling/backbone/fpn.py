@@ -22,7 +22,13 @@ def _xavier_fill(conv: nn.Conv2d) -> None:
 
 
 class LastLevelP6P7(nn.Module):
-    """P6 = 3x3/2 conv of the input feature; P7 = 3x3/2 conv of relu(P6)."""
+    """P6 = 3x3/2 conv of the input feature; P7 = 3x3/2 conv of relu(P6).
+
+    Args:
+        in_channels: channels of the input feature (C5: 2048 for ResNet-50; P5: the FPN width).
+        out_channels: channels of P6 and P7 (the FPN width).
+        in_feature: the feature P6 is computed from: a bottom-up output (``"res5"``) or ``"p5"``.
+    """
 
     num_levels = 2
 
@@ -35,6 +41,7 @@ class LastLevelP6P7(nn.Module):
             _xavier_fill(conv)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x [N, C_in, H, W]`` -> ``[P6 [N, C, ceil(H/2), ceil(W/2)], P7 [N, C, ceil(H/4), ceil(W/4)]]``."""
         p6 = self.p6(x)
         p7 = self.p7(F.relu(p6))
         return [p6, p7]
@@ -60,6 +67,15 @@ class FPN(Backbone):
     Outputs ``p{stage}`` for each input stage (e.g. p3, p4, p5) and, with a top block, the
     levels after it (p6, p7). Parameters: ``fpn_lateral{stage}``, ``fpn_output{stage}``,
     ``top_block.*``, ``bottom_up.*``.
+
+    Args:
+        bottom_up: the backbone whose outputs ``in_features`` are fused (e.g. a ResNet).
+        in_features: those outputs, finest first (strides must double from one to the next).
+        out_channels: the width of every output level.
+        norm: norm of the lateral and output convs (``""``: none, the convs get a bias).
+        top_block: extra coarser levels from the last one (:class:`LastLevelP6P7`,
+            :class:`LastLevelMaxPool`) or None.
+        fuse_type: ``"sum"`` or ``"avg"`` of the lateral and the upsampled top-down feature.
     """
 
     def __init__(
@@ -123,9 +139,13 @@ class FPN(Backbone):
 
     @property
     def size_divisibility(self) -> int:
+        """The stride of the coarsest input feature: inputs padded to a multiple of it keep the
+        top-down upsampling aligned."""
         return self._size_divisibility
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x [N, 3, H, W]`` (H, W multiples of :attr:`size_divisibility`) ->
+        ``{"p<k>": [N, out_channels, H / 2**k, W / 2**k]}`` finest first."""
         bottom_up = self.bottom_up(x)
         features = [bottom_up[f] for f in self.in_features]
         top_down = self.lateral_convs[-1](features[-1])
@@ -152,6 +172,8 @@ def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN over MODEL.FPN.IN_FEATURES, with P6/P7 from MODEL.FPN.BLOCK_IN_FEATURES.
 
     As in RetinaNet and FCOS, P6 is computed from C5 (``"res5"``) by default; ``"p5"`` uses P5.
+    ``input_shape``: the images' channels (``ShapeSpec(channels=3)``). With the FCOS defaults
+    the outputs are p3..p7 (strides 8..128), MODEL.FPN.OUT_CHANNELS channels each.
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS

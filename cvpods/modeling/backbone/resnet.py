@@ -61,7 +61,12 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-    """Two 3x3 convs (ResNet-18/34)."""
+    """Two 3x3 convs (ResNet-18/34): ``relu(conv2(relu(conv1(x))) + shortcut(x))``.
+
+    ``x [N, in_channels, H, W]`` -> ``[N, out_channels, H / stride, W / stride]``; ``norm`` is
+    the convs' norm (``"BN"``, ``"FrozenBN"``, ``"GN"``, ...). A 1x1 projection shortcut is
+    added when the channel counts differ.
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "BN"
@@ -90,16 +95,23 @@ class BasicBlock(_Block):
                 _kaiming_fill(conv)
 
     def last_norm(self) -> nn.Module | None:
+        """The norm of the residual branch's last conv (zeroed by ZERO_INIT_RESIDUAL)."""
         return self.conv2.norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """See the class docstring."""
         out = F.relu_(self.conv1(x))
         out = self.conv2(out)
         return F.relu_(out + self.residual(x))
 
 
 class BottleneckBlock(_Block):
-    """1x1 reduce, 3x3 (grouped, dilated), 1x1 expand (ResNet-50 and deeper)."""
+    """1x1 reduce, 3x3 (grouped, dilated), 1x1 expand (ResNet-50 and deeper).
+
+    ``x [N, in_channels, H, W]`` -> ``[N, out_channels, H / stride, W / stride]``. The stride is
+    in the first 1x1 conv (``stride_in_1x1``, MSRA models) or in the 3x3 conv (torchvision);
+    ``num_groups`` > 1 makes it a ResNeXt block.
+    """
 
     def __init__(
         self,
@@ -146,9 +158,11 @@ class BottleneckBlock(_Block):
                 _kaiming_fill(conv)
 
     def last_norm(self) -> nn.Module | None:
+        """The norm of the residual branch's last conv (zeroed by ZERO_INIT_RESIDUAL)."""
         return self.conv3.norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """See the class docstring."""
         out = F.relu_(self.conv1(x))
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
@@ -174,12 +188,20 @@ class BasicStem(nn.Module):
         _kaiming_fill(self.conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, in_channels, H, W]`` -> ``[N, out_channels, ceil(H / 4), ceil(W / 4)]``."""
         x = F.relu_(self.conv1(x))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
 class ResNet(Backbone):
-    """A stem followed by stages ``res2``..``res5``; returns the stages named in ``out_features``."""
+    """A stem followed by stages ``res2``..``res5``; returns the stages named in ``out_features``.
+
+    Args:
+        stem: the stem (stride 4).
+        stages: the stages in order (res2 first), each a Sequential of residual blocks.
+        out_features: the outputs to return, among ``"stem"`` and ``"res2"``.. (strides 4, 4,
+            8, 16, 32 with the standard strides).
+    """
 
     def __init__(
         self, stem: BasicStem, stages: list[nn.Sequential], out_features: list[str]
@@ -205,6 +227,8 @@ class ResNet(Backbone):
             )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x [N, C, H, W]`` -> ``{name: [N, C_name, H / stride_name, W / stride_name]}`` for
+        the names in ``out_features`` (see :meth:`output_shape`)."""
         outputs = {}
         x = self.stem(x)
         if "stem" in self._out_features:
@@ -227,7 +251,9 @@ class ResNet(Backbone):
 
 
 def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
-    """ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
+    """ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT``, for inputs with
+    ``input_shape.channels`` channels (default 3); stages after the last of OUT_FEATURES are
+    not built."""
     r = cfg.MODEL.RESNETS
     depth = r.DEPTH
     if depth not in STAGE_BLOCKS:

@@ -66,7 +66,8 @@ class _FCOSPredictors(nn.Module):
         num_classes: K, the number of foreground classes (sigmoid logits, no background).
         fpn_strides: the stride of each level in input pixels (one per ``input_shape`` entry).
         num_convs: convs per branch (FCOSHead: its depth; deep heads: 2 per stage).
-        prior_prob: initial foreground probability of every class logit.
+        prior_prob: (the heads', for :meth:`build_predictors`) initial foreground probability
+            of every class logit.
         centerness_on_reg: predict centerness from the regression tower (else the class tower).
         norm_reg_targets: regress ``relu(x) * stride`` (else ``exp(x)``).
     """

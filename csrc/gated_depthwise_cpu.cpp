@@ -123,61 +123,62 @@ __attribute__((target("avx2,fma"))) inline void conv16(const float* x, const flo
   }
 }
 
-// Adds, per channel, the sum and sum of squares of the convolution output over one output row.
-// `rows` are the three input rows above / at / below it (channels-last; a missing row points to
-// `zeros`, as does a tap outside the image). Two columns at a time, 32 channels per step: eight
-// independent accumulation chains hide the FMA latency, and each weight vector loaded serves
-// both columns. Pixels are read whole (contiguous channels), which keeps the reads free of the
-// cache-set conflicts of a channel-strided walk. Sums are float within the row, double across.
+// Bytes of input (three rows of a strip of columns) the statistics pass keeps in the L2 cache.
+constexpr int64_t kStripBytes = 192 << 10;
+
+// Adds, per channel, the sum and sum of squares of the convolution output over the columns
+// [xs, xe) of one output row. `rows` are the three input rows above / at / below it
+// (channels-last; a missing row points to `zeros`, as does a tap outside the image). The caller
+// walks a strip of columns from the top row to the bottom one, so that the strip of the three
+// input rows stays in the L2 cache (a whole 256-channel row of P3 is 172 KB). Four columns at a
+// time, 16 channels per step: eight independent accumulation chains in registers hide the FMA
+// latency, and each weight vector loaded serves four columns. Pixels are read whole (contiguous
+// channels). Sums are float within the row, double across rows.
 __attribute__((target("avx2,fma"))) void dw_row_stats(const float* const* rows,
                                                       const float* zeros, const float* w9,
                                                       const float* bias, int64_t w, int64_t c,
-                                                      float* row_sum, float* row_sq, double* sum,
-                                                      double* sq) {
+                                                      int64_t xs, int64_t xe, float* row_sum,
+                                                      float* row_sq, double* sum, double* sq) {
   for (int64_t ch = 0; ch < c; ++ch) {
     row_sum[ch] = 0.f;
     row_sq[ch] = 0.f;
   }
-  for (int64_t x0 = 0; x0 < w; x0 += 2) {
-    const bool pair = x0 + 1 < w;
-    const float* src[2][9];
-    for (int p = 0; p < 2; ++p) {
-      for (int ky = 0; ky < 3; ++ky) {
-        for (int kx = 0; kx < 3; ++kx) {
+  for (int64_t x0 = xs; x0 < xe; x0 += 4) {
+    const int count = static_cast<int>(std::min<int64_t>(4, xe - x0));
+    const float* src[9][4];
+    for (int ky = 0; ky < 3; ++ky) {
+      for (int kx = 0; kx < 3; ++kx) {
+        for (int p = 0; p < 4; ++p) {
           const int64_t x2 = x0 + p + kx - 1;
-          const bool inside = (p == 0 || pair) && x2 >= 0 && x2 < w;
-          src[p][ky * 3 + kx] = inside ? rows[ky] + x2 * c : zeros;
+          const bool inside = p < count && x2 >= 0 && x2 < w;
+          src[ky * 3 + kx][p] = inside ? rows[ky] + x2 * c : zeros;
         }
       }
     }
-    for (int64_t c0 = 0; c0 < c; c0 += 32) {
-      __m256 a[2][4];
-      for (int j = 0; j < 4; ++j) {
-        a[0][j] = bias ? _mm256_loadu_ps(bias + c0 + 8 * j) : _mm256_setzero_ps();
-        a[1][j] = a[0][j];
-      }
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      const __m256 b0 = bias ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
+      const __m256 b1 = bias ? _mm256_loadu_ps(bias + c0 + 8) : _mm256_setzero_ps();
+      __m256 lo[4] = {b0, b0, b0, b0}, hi[4] = {b1, b1, b1, b1};
       for (int t = 0; t < 9; ++t) {
-        const float* wt = w9 + t * c + c0;
-        const float* s0 = src[0][t] + c0;
-        const float* s1 = src[1][t] + c0;
-        for (int j = 0; j < 4; ++j) {
-          const __m256 kv = _mm256_loadu_ps(wt + 8 * j);
-          a[0][j] = _mm256_fmadd_ps(_mm256_loadu_ps(s0 + 8 * j), kv, a[0][j]);
-          a[1][j] = _mm256_fmadd_ps(_mm256_loadu_ps(s1 + 8 * j), kv, a[1][j]);
+        const __m256 k0 = _mm256_loadu_ps(w9 + t * c + c0);
+        const __m256 k1 = _mm256_loadu_ps(w9 + t * c + c0 + 8);
+        for (int p = 0; p < 4; ++p) {
+          lo[p] = _mm256_fmadd_ps(_mm256_loadu_ps(src[t][p] + c0), k0, lo[p]);
+          hi[p] = _mm256_fmadd_ps(_mm256_loadu_ps(src[t][p] + c0 + 8), k1, hi[p]);
         }
       }
-      for (int j = 0; j < 4; ++j) {
-        float* rs = row_sum + c0 + 8 * j;
-        float* rq = row_sq + c0 + 8 * j;
-        __m256 vs = _mm256_add_ps(_mm256_loadu_ps(rs), a[0][j]);
-        __m256 vq = _mm256_fmadd_ps(a[0][j], a[0][j], _mm256_loadu_ps(rq));
-        if (pair) {
-          vs = _mm256_add_ps(vs, a[1][j]);
-          vq = _mm256_fmadd_ps(a[1][j], a[1][j], vq);
-        }
-        _mm256_storeu_ps(rs, vs);
-        _mm256_storeu_ps(rq, vq);
+      __m256 s0 = _mm256_loadu_ps(row_sum + c0), s1 = _mm256_loadu_ps(row_sum + c0 + 8);
+      __m256 q0 = _mm256_loadu_ps(row_sq + c0), q1 = _mm256_loadu_ps(row_sq + c0 + 8);
+      for (int p = 0; p < count; ++p) {
+        s0 = _mm256_add_ps(s0, lo[p]);
+        s1 = _mm256_add_ps(s1, hi[p]);
+        q0 = _mm256_fmadd_ps(lo[p], lo[p], q0);
+        q1 = _mm256_fmadd_ps(hi[p], hi[p], q1);
       }
+      _mm256_storeu_ps(row_sum + c0, s0);
+      _mm256_storeu_ps(row_sum + c0 + 8, s1);
+      _mm256_storeu_ps(row_sq + c0, q0);
+      _mm256_storeu_ps(row_sq + c0 + 8, q1);
     }
   }
   for (int64_t ch = 0; ch < c; ++ch) {
@@ -281,28 +282,44 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
     std::vector<double> partial(threads * n * c * 2, 0.0);
     // A zero pixel row: the input above the first / below the last row (fast path only).
     const std::vector<float> zeros(fast_stats ? w * c : 0, 0.f);
-    at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> row_sum(c), row_sq(c);
-      double* mine = partial.data() + at::get_thread_num() * n * c * 2;
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t image = row / h, y = row % h;
-        double* sum = mine + image * c * 2;
 #ifdef CVPODS_HAVE_AVX2_DW
-        if (fast_stats) {
-          const float* rows[3];
-          for (int ky = 0; ky < 3; ++ky) {
-            const int64_t yy = y + ky - 1;
-            rows[ky] = yy < 0 || yy >= h ? zeros.data() : xp + (image * h + yy) * w * c;
+    if (fast_stats) {
+      // Vertical strips of columns whose three-row window (3 x (strip + 2) pixels) fits in L2.
+      const int64_t strip =
+          std::max<int64_t>(8, (avx2::kStripBytes / (3 * c * 4) - 2) & ~int64_t{3});
+      const int64_t strips = (w + strip - 1) / strip;
+      at::parallel_for(0, n * strips, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> row_sum(c), row_sq(c);
+        double* mine = partial.data() + at::get_thread_num() * n * c * 2;
+        for (int64_t job = begin; job < end; ++job) {
+          const int64_t image = job / strips, xs = (job % strips) * strip;
+          const int64_t xe = std::min(w, xs + strip);
+          double* sum = mine + image * c * 2;
+          for (int64_t y = 0; y < h; ++y) {
+            const float* rows[3];
+            for (int ky = 0; ky < 3; ++ky) {
+              const int64_t yy = y + ky - 1;
+              rows[ky] = yy < 0 || yy >= h ? zeros.data() : xp + (image * h + yy) * w * c;
+            }
+            avx2::dw_row_stats(rows, zeros.data(), wp, bp, w, c, xs, xe, row_sum.data(),
+                               row_sq.data(), sum, sum + c);
           }
-          avx2::dw_row_stats(rows, zeros.data(), wp, bp, w, c, row_sum.data(), row_sq.data(),
-                             sum, sum + c);
-          continue;
         }
+      });
+    } else
 #endif
-        portable::dw_row_stats(xp, wp, bp, h, w, c, image, y, row_sum.data(), row_sq.data(), sum,
-                               sum + c);
-      }
-    });
+    {
+      at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> row_sum(c), row_sq(c);
+        double* mine = partial.data() + at::get_thread_num() * n * c * 2;
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t image = row / h, y = row % h;
+          double* sum = mine + image * c * 2;
+          portable::dw_row_stats(xp, wp, bp, h, w, c, image, y, row_sum.data(), row_sq.data(),
+                                 sum, sum + c);
+        }
+      });
+    }
     const at::Tensor gw = gn_weight.has_value() ? gn_weight->to(at::kDouble) : at::ones({c}, at::kDouble);
     const at::Tensor gb = gn_bias.has_value() ? gn_bias->to(at::kDouble) : at::zeros({c}, at::kDouble);
     const double* gwp = gw.data_ptr<double>();

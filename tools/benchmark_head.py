@@ -9,7 +9,7 @@ of random ellipses, seeded) of the requested density on each level. Both heads r
 interleaved, and the table gives, per density, the FLOPs ratio (used / full cost, as the head
 accounts it) next to the time ratio dynamic / fixed, and the target ``1.15 x FLOPs + 0.05``
 (``1.10`` with every gate open). The fixed head is timed in the faster of the NCHW and
-channels-last layouts; the dynamic head gets NCHW features and converts them itself.
+channels-last layouts, and the dynamic head gets the same tensors.
 
 **Trained models** (``--trained FOLDER ...``). Whole-model eval time per image on the first
 ``--images`` images of each experiment's first test dataset, for experiment folders that hold a
@@ -132,13 +132,14 @@ def forced_gate_table(args: argparse.Namespace, clock: Callable[[], float]) -> N
             {"nchw": run(fixed, features), "channels_last": run(fixed, features_cl)}, 1, clock
         )
         layout = min(layouts, key=layouts.get)
-        fns = {"fixed": run(fixed, features if layout == "nchw" else features_cl)}
+        inputs = features if layout == "nchw" else features_cl  # the same tensors for both heads
+        fns = {"fixed": run(fixed, inputs)}
         flops = {}
         for density in args.densities:
             gates.set_density(density, sizes, bench.object_mask, args.seed)
-            cost = run(dynamic, features)().cost
+            cost = run(dynamic, inputs)().cost
             flops[density] = float(cost.used.sum() / cost.full.sum())
-            fns[density] = with_gates(gates, dict(gates.maps), run(dynamic, features))
+            fns[density] = with_gates(gates, dict(gates.maps), run(dynamic, inputs))
         ms = bench.time_interleaved(fns, args.repeats, clock)
         print(
             f"\nD{depth}: fixed head {ms['fixed']:.0f} ms ({layout} input) vs dynamic head, "

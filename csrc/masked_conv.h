@@ -51,18 +51,22 @@ at::Tensor pack_weight(const at::Tensor& weight);
 
 // The registered operator cvpods::masked_conv2d: `impl` is "auto" (dense convolution + masked
 // epilogue from `dense_from` active fraction on, sparse below), "sparse" or "dense".
+// `zero_inactive` false (no residual, sparse CPU path only): the inactive positions of the output
+// are left unwritten, for a consumer that reads only positions this mask covers (a masked
+// convolution whose k x k neighbourhoods lie inside it); their memory is then never touched.
 at::Tensor masked_conv2d_op(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t padding,
                             int64_t num_groups, const std::optional<at::Tensor>& gn_weight,
                             const std::optional<at::Tensor>& gn_bias, double eps, bool relu,
                             const std::optional<at::Tensor>& residual,
                             const std::optional<at::Tensor>& gate, const std::string& impl,
-                            double dense_from);
+                            double dense_from, bool zero_inactive = true);
 
 // ---- CPU ----
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t padding,
-                             const Epilogue& post, const GatedResidual& residual = {});
+                             const Epilogue& post, const GatedResidual& residual = {},
+                             bool zero_inactive = true);
 void masked_epilogue_cpu(at::Tensor& y, const at::Tensor& mask, const Epilogue& post);
 // Zeros at the positions where `flags` ([N, H, W] bool, contiguous) is false (in place).
 void fill_inactive_rows_cpu(at::Tensor& out, const at::Tensor& flags);

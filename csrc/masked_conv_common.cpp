@@ -170,7 +170,7 @@ at::Tensor masked_conv2d_op(const at::Tensor& x, const at::Tensor& mask, const a
                             const std::optional<at::Tensor>& gn_bias, double eps, bool relu,
                             const std::optional<at::Tensor>& residual,
                             const std::optional<at::Tensor>& gate, const std::string& impl,
-                            double dense_from) {
+                            double dense_from, bool zero_inactive) {
   const Epilogue post = make_epilogue(num_groups, gn_weight, gn_bias, eps, relu);
   const GatedResidual gated{residual, gate};
   check_masked_conv_inputs(x, mask, weight, bias, padding, post, gated);
@@ -194,7 +194,7 @@ at::Tensor masked_conv2d_op(const at::Tensor& x, const at::Tensor& mask, const a
 #endif
   }
   TORCH_CHECK(x.device().is_cpu(), "masked_conv2d: unsupported device ", x.device());
-  return masked_conv2d_cpu(x, flags, weight, bias, padding, post, gated);
+  return masked_conv2d_cpu(x, flags, weight, bias, padding, post, gated, zero_inactive);
 }
 
 namespace {
@@ -285,7 +285,7 @@ struct AutocastKernels {
                                   const std::optional<at::Tensor>& gn_bias, double eps, bool relu,
                                   const std::optional<at::Tensor>& residual,
                                   const std::optional<at::Tensor>& gate, const std::string& impl,
-                                  double dense_from) {
+                                  double dense_from, bool zero_inactive) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
     const at::ScalarType dt = at::autocast::get_autocast_dtype(kDevice);
     static auto op = c10::Dispatcher::singleton()
@@ -293,7 +293,7 @@ struct AutocastKernels {
                          .typed<decltype(masked_conv2d_op)>();
     return op.call(cast(dt, x), mask, cast(dt, weight), cast(dt, bias), padding, num_groups,
                    gn_weight, gn_bias, eps, relu, cast(dt, residual), cast(dt, gate), impl,
-                   dense_from);
+                   dense_from, zero_inactive);
   }
 
   static at::Tensor gate_conv2d(const at::Tensor& x, const at::Tensor& weight,
@@ -343,7 +343,8 @@ TORCH_LIBRARY(cvpods, m) {
   m.def(
       "masked_conv2d(Tensor x, Tensor mask, Tensor weight, Tensor? bias, int padding, "
       "int num_groups, Tensor? gn_weight, Tensor? gn_bias, float eps, bool relu, "
-      "Tensor? residual=None, Tensor? gate=None, str impl='auto', float dense_from=0.85) -> Tensor");
+      "Tensor? residual=None, Tensor? gate=None, str impl='auto', float dense_from=0.85, "
+      "bool zero_inactive=True) -> Tensor");
   m.def("gate_conv2d(Tensor x, Tensor weight, Tensor? bias, bool simd=True) -> Tensor");
   m.def(
       "gated_depthwise(Tensor x, Tensor weight, Tensor? bias, int num_groups, Tensor? gn_weight, "

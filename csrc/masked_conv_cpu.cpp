@@ -332,7 +332,8 @@ void scatter_rows_cpu(const at::Tensor& rows, const at::Tensor& active, at::Tens
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t padding,
-                             const Epilogue& post, const GatedResidual& residual) {
+                             const Epilogue& post, const GatedResidual& residual,
+                             bool zero_inactive) {
   const Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), weight.size(2), padding};
   const int64_t cout = weight.size(0);
   const int64_t hw = g.h * g.w;
@@ -340,8 +341,9 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
   at::Tensor out = at::empty({g.n, cout, g.h, g.w}, x.options(), at::MemoryFormat::ChannelsLast);
   const at::Tensor active = active_positions(flags);
   const int64_t total = active.numel();
-  // Inactive positions: relu(residual) (written by the residual pass below) or zeros.
-  if (!residual.defined()) {
+  // Inactive positions: relu(residual) (written by the residual pass below), zeros, or (when the
+  // caller reads only active positions) nothing: untouched memory costs no page faults either.
+  if (!residual.defined() && zero_inactive) {
     if (total == 0) return out.zero_();
     fill_inactive_rows_cpu(out, flags);
   }

@@ -33,7 +33,7 @@ def _register_fake_kernels() -> None:
     @torch.library.register_fake("cvpods::masked_conv2d")
     def _masked_conv2d_fake(
         x, mask, weight, bias, padding, num_groups, gn_weight, gn_bias, eps, relu,
-        residual=None, gate=None, impl="auto", dense_from=0.85,
+        residual=None, gate=None, impl="auto", dense_from=0.85, zero_inactive=True,
     ):  # fmt: skip
         n, _, h, w = x.shape
         return torch.empty(

@@ -250,6 +250,29 @@ def test_nchw_and_strided_inputs_equal_channels_last(device, kernel) -> None:
             torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_dilated_conv1_needs_no_zeros_outside_its_mask() -> None:
+    """zero_inactive=False leaves conv1's output unwritten outside its mask; conv2 over a mask
+    whose 3x3 neighbourhoods lie inside it reads none of those positions. The freed NaN buffer
+    below is what the allocator hands out next: a read of an unwritten position would make
+    conv2's GroupNorm statistics NaN (and its ReLU output all zeros), unlike the zero-filled run."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 32, 23, 29, generator=gen).contiguous(memory_format=torch.channels_last)
+    conv2_mask = torch.rand(2, 23, 29, generator=gen) > 0.8
+    conv1_mask = F.max_pool2d(conv2_mask[:, None].float(), 3, 1, 1)[:, 0] > 0
+    w1, w2 = torch.randn(32, 32, 3, 3, generator=gen), torch.randn(32, 32, 3, 3, generator=gen)
+    post = MaskedEpilogue(num_groups=4, weight=torch.rand(32), bias=torch.randn(32), relu=True)
+    outputs = []
+    for zero_inactive in (True, False):
+        torch.full((2, 32, 23, 29), float("nan")).contiguous(memory_format=torch.channels_last)
+        first = masked_conv2d(x, conv1_mask, w1, None, 1, post, impl="sparse",
+                              zero_inactive=zero_inactive)  # fmt: skip
+        if zero_inactive:
+            assert torch.all(first.permute(0, 2, 3, 1)[~conv1_mask] == 0)
+        outputs.append(masked_conv2d(first, conv2_mask, w2, None, 1, post, impl="sparse"))
+    assert outputs[0].abs().sum() > 0
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+
+
 def test_packed_weights_follow_in_place_updates_load_state_dict_and_to() -> None:
     """The weight cache never serves a stale packing."""
     x, mask, _, _ = make_case(7)

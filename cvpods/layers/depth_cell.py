@@ -61,17 +61,22 @@ class ResidualBranch(nn.Module):
         conv1_mask: torch.Tensor,
         conv2_mask: torch.Tensor,
         gate: torch.Tensor | None = None,
+        conv1_mask_is_dilated: bool = False,
     ) -> torch.Tensor:
         """The branch computed only at masked positions (``[N, H, W]`` bool masks).
 
         Without ``gate``: the branch, zeros elsewhere. With ``gate [N, G, H, W]``: the whole gated
         cell ``relu(x + gate * branch)`` (``relu(x)`` where the branch is not computed), fused into
         the second convolution's epilogue. GroupNorm statistics are taken over each image's
-        computed positions only. Outputs are channels-last.
+        computed positions only. Outputs are channels-last. ``conv1_mask_is_dilated``: the
+        caller guarantees that ``conv1_mask`` covers the 3x3 neighbourhood of every position of
+        ``conv2_mask`` (as the dynamic cell's dilated gate does), so conv1's output is written
+        at its active positions only (conv2 reads nothing else).
         """
         out = masked_conv2d(
-            x, conv1_mask, self.conv1.weight, None, 1, _epilogue(self.conv1, relu=True)
-        )
+            x, conv1_mask, self.conv1.weight, None, 1, _epilogue(self.conv1, relu=True),
+            zero_inactive=not conv1_mask_is_dilated,
+        )  # fmt: skip
         post = _epilogue(self.conv2, relu=False)
         if gate is None:
             return masked_conv2d(out, conv2_mask, self.conv2.weight, None, 1, post)
@@ -154,4 +159,6 @@ class DynamicDepthCell(nn.Module):
             return F.relu(self.gate.modulate(self.bottleneck(x), gate) + x)
         open_ = (gate.detach() != 0).any(dim=1)
         dilated = F.max_pool2d(open_[:, None].to(x.dtype), 3, stride=1, padding=1)[:, 0] > 0
-        return self.bottleneck.sparse_forward(x, dilated, open_, gate=gate)
+        return self.bottleneck.sparse_forward(
+            x, dilated, open_, gate=gate, conv1_mask_is_dilated=True
+        )

@@ -323,6 +323,7 @@ def masked_conv2d(
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
     impl: str = "auto",
+    zero_inactive: bool = True,
 ) -> torch.Tensor:
     """Stride-1 convolution at the active positions of ``mask`` only, then the fused epilogue.
 
@@ -345,6 +346,12 @@ def masked_conv2d(
         impl: ``"auto"`` (dense above the break-even density, sparse below), or force
             ``"sparse"`` (compiled sparse kernel), ``"dense"`` (dense convolution + masked
             epilogue) or ``"torch"`` (the pure-PyTorch sparse path). A test and benchmark hook.
+        zero_inactive: False leaves the output at inactive positions unwritten (undefined
+            values) on the compiled CPU sparse path, for a consumer that reads only positions
+            ``mask`` covers, e.g. a following 3x3 masked convolution whose mask, dilated by one
+            pixel, lies inside this one (a depth cell's conv1 and conv2); the skipped memory is
+            then never written, not even its pages touched. Without a residual only; the other
+            paths always write zeros.
 
     Returns:
         ``[N, Cout, H, W]`` in channels-last memory: the epilogue's output at active positions,
@@ -358,7 +365,7 @@ def masked_conv2d(
     if isinstance(x, torch.fx.Proxy):  # torch.fx symbolic tracing: record the operator itself
         return torch.ops.cvpods.masked_conv2d(
             x, mask, weight, bias, padding, post.num_groups, post.weight, post.bias, post.eps,
-            post.relu, residual, gate, impl, dense_break_even(torch.device("cpu")),
+            post.relu, residual, gate, impl, dense_break_even(torch.device("cpu")), zero_inactive,
         )  # fmt: skip
     x, weight, bias, residual, gate = _autocast_inputs(x, weight, bias, residual, gate)
     _check_inference_only(
@@ -372,6 +379,7 @@ def masked_conv2d(
         return torch.ops.cvpods.masked_conv2d(
             x, mask, weight, bias, padding, post.num_groups, post.weight, post.bias, post.eps,
             post.relu, residual, gate, impl, dense_break_even(x.device, True, x.dtype),
+            zero_inactive,
         )  # fmt: skip
     if impl == "sparse":
         raise RuntimeError("masked_conv2d(impl='sparse') needs the compiled extension cvpods._C")

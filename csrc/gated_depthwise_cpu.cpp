@@ -73,7 +73,8 @@ inline void dw_row_stats(const float* x, const float* w9, const float* bias, int
 // elsewhere. scale / shift: [C] for this image (the GroupNorm affine folded in).
 inline void dw_row_output(const float* x, const float* w9, const float* bias, const float* scale,
                           const float* shift, const float* gate, int64_t gate_maps, int64_t h,
-                          int64_t w, int64_t c, int64_t n, int64_t y, float* out) {
+                          int64_t w, int64_t c, int64_t n, int64_t y, float* out,
+                          bool zero_closed) {
   const int64_t hw = h * w;
   const int64_t per_map = c / gate_maps;
   for (int64_t xx = 0; xx < w; ++xx) {
@@ -82,7 +83,7 @@ inline void dw_row_output(const float* x, const float* w9, const float* bias, co
     bool open = false;
     for (int64_t m = 0; m < gate_maps; ++m) open = open || g[m * hw] != 0.f;
     if (!open) {
-      for (int64_t ch = 0; ch < c; ++ch) o[ch] = 0.f;
+      if (zero_closed) std::fill_n(o, c, 0.f);
       continue;
     }
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
@@ -192,7 +193,7 @@ __attribute__((target("avx2,fma"))) void dw_row_output(const float* x, const flo
                                                        const float* shift, const float* gate,
                                                        int64_t gate_maps, int64_t h, int64_t w,
                                                        int64_t c, int64_t n, int64_t y,
-                                                       float* out) {
+                                                       float* out, bool zero_closed) {
   const int64_t hw = h * w;
   const int64_t per_map = c / gate_maps;
   for (int64_t xx = 0; xx < w; ++xx) {
@@ -201,7 +202,9 @@ __attribute__((target("avx2,fma"))) void dw_row_output(const float* x, const flo
     bool open = false;
     for (int64_t m = 0; m < gate_maps; ++m) open = open || g[m * hw] != 0.f;
     if (!open) {
-      for (int64_t c0 = 0; c0 < c; c0 += 8) _mm256_storeu_ps(o + c0, _mm256_setzero_ps());
+      if (zero_closed) {
+        for (int64_t c0 = 0; c0 < c; c0 += 8) _mm256_storeu_ps(o + c0, _mm256_setzero_ps());
+      }
       continue;
     }
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
@@ -236,7 +239,7 @@ at::Tensor gated_depthwise_library(const at::Tensor& x, const at::Tensor& weight
                                    const std::optional<at::Tensor>& bias, int64_t num_groups,
                                    const std::optional<at::Tensor>& gn_weight,
                                    const std::optional<at::Tensor>& gn_bias, double eps,
-                                   const at::Tensor& gate) {
+                                   const at::Tensor& gate, bool /*zero_closed*/) {
   at::Tensor y = at::conv2d(x, weight, bias, {1, 1}, {1, 1}, {1, 1}, x.size(1));
   if (num_groups > 0) y = at::group_norm(y, num_groups, gn_weight, gn_bias, eps);
   const int64_t n = y.size(0), c = y.size(1), h = y.size(2), w = y.size(3);
@@ -250,7 +253,7 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, int64_t num_groups,
                                const std::optional<at::Tensor>& gn_weight,
                                const std::optional<at::Tensor>& gn_bias, double eps,
-                               const at::Tensor& gate) {
+                               const at::Tensor& gate, bool zero_closed) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(0) == x.size(1) &&
                   weight.size(1) == 1 && weight.size(2) == 3 && weight.size(3) == 3,
               "gated_depthwise: expects x [N, C, H, W] and a depthwise weight [C, 1, 3, 3], got ",
@@ -264,7 +267,8 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   if (x.scalar_type() != at::kFloat || !x.is_contiguous(at::MemoryFormat::ChannelsLast) ||
       n * h * w == 0 || (c / gate.size(1)) % 16 != 0) {
-    return gated_depthwise_library(x, weight, bias, num_groups, gn_weight, gn_bias, eps, gate);
+    return gated_depthwise_library(x, weight, bias, num_groups, gn_weight, gn_bias, eps, gate,
+                                   zero_closed);
   }
   const at::Tensor w9 = weight.reshape({c, 9}).t().contiguous().to(at::kFloat);
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -361,7 +365,7 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
       auto kernel = &portable::dw_row_output;
 #endif
       kernel(xp, wp, bp, scale.data() + image * c, shift.data() + image * c, gp, maps, h, w, c,
-             image, y, op);
+             image, y, op, zero_closed);
     }
   });
   return out;

@@ -82,31 +82,41 @@ at::Tensor gate_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
 
 // gate * GroupNorm(depthwise_conv3x3(x) + bias) where any gate map is open, zeros elsewhere
 // (num_groups = 0: no GroupNorm). x [N, C, H, W], weight [C, 1, 3, 3], gate [N, G, H, W].
+// zero_closed false (CPU kernel): positions where every gate map is closed are left unwritten,
+// for a consumer that takes the gate into account (fuse_neighbours with the gate).
 at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, int64_t num_groups,
                                const std::optional<at::Tensor>& gn_weight,
                                const std::optional<at::Tensor>& gn_bias, double eps,
-                               const at::Tensor& gate);
-// The same with ATen operators (any device, any dtype and layout).
+                               const at::Tensor& gate, bool zero_closed = true);
+// The same with ATen operators (any device, any dtype and layout; always writes the zeros).
 at::Tensor gated_depthwise_library(const at::Tensor& x, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias, int64_t num_groups,
                                    const std::optional<at::Tensor>& gn_weight,
                                    const std::optional<at::Tensor>& gn_bias, double eps,
-                                   const at::Tensor& gate);
+                                   const at::Tensor& gate, bool zero_closed = true);
 
 // The scale fusion's weighted neighbour sum: output_weight * x + scale_weight * (resize(finer) +
 // resize(coarser)), resize = bilinear with align_corners=True to x's [H, W]; finer / coarser
 // [N, C, H', W'] optional, scale_weight / output_weight one-element tensors. Channels-last output.
+// finer_gate / coarser_gate [N, G, H', W'] optional: a source pixel where every gate map is 0
+// counts as 0 whatever its memory holds (a gated_depthwise output with zero_closed=false).
 void check_fuse_neighbours_inputs(const at::Tensor& x, const std::optional<at::Tensor>& finer,
-                                  const std::optional<at::Tensor>& coarser);
+                                  const std::optional<at::Tensor>& coarser,
+                                  const std::optional<at::Tensor>& finer_gate,
+                                  const std::optional<at::Tensor>& coarser_gate);
 at::Tensor fuse_neighbours_cpu(const at::Tensor& x, const std::optional<at::Tensor>& finer,
                                const std::optional<at::Tensor>& coarser,
-                               const at::Tensor& scale_weight, const at::Tensor& output_weight);
+                               const at::Tensor& scale_weight, const at::Tensor& output_weight,
+                               const std::optional<at::Tensor>& finer_gate,
+                               const std::optional<at::Tensor>& coarser_gate);
 // The same with ATen operators (any device, any dtype).
 at::Tensor fuse_neighbours_library(const at::Tensor& x, const std::optional<at::Tensor>& finer,
                                    const std::optional<at::Tensor>& coarser,
                                    const at::Tensor& scale_weight,
-                                   const at::Tensor& output_weight);
+                                   const at::Tensor& output_weight,
+                                   const std::optional<at::Tensor>& finer_gate,
+                                   const std::optional<at::Tensor>& coarser_gate);
 
 #ifdef WITH_CUDA
 // ---- CUDA ----

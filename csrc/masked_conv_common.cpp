@@ -310,26 +310,29 @@ struct AutocastKernels {
                                     const std::optional<at::Tensor>& bias, int64_t num_groups,
                                     const std::optional<at::Tensor>& gn_weight,
                                     const std::optional<at::Tensor>& gn_bias, double eps,
-                                    const at::Tensor& gate) {
+                                    const at::Tensor& gate, bool zero_closed) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("cvpods::gated_depthwise", "")
                          .typed<decltype(gated_depthwise_cpu)>();
     const at::ScalarType f = at::kFloat;
     return op.call(cast(f, x), cast(f, weight), cast(f, bias), num_groups, cast(f, gn_weight),
-                   cast(f, gn_bias), eps, cast(f, gate));
+                   cast(f, gn_bias), eps, cast(f, gate), zero_closed);
   }
 
   static at::Tensor fuse_neighbours(const at::Tensor& x, const std::optional<at::Tensor>& finer,
                                     const std::optional<at::Tensor>& coarser,
                                     const at::Tensor& scale_weight,
-                                    const at::Tensor& output_weight) {
+                                    const at::Tensor& output_weight,
+                                    const std::optional<at::Tensor>& finer_gate,
+                                    const std::optional<at::Tensor>& coarser_gate) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(key());
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("cvpods::fuse_neighbours", "")
                          .typed<decltype(fuse_neighbours_cpu)>();
     const at::ScalarType f = at::kFloat;
-    return op.call(cast(f, x), cast(f, finer), cast(f, coarser), scale_weight, output_weight);
+    return op.call(cast(f, x), cast(f, finer), cast(f, coarser), scale_weight, output_weight,
+                   cast(f, finer_gate), cast(f, coarser_gate));
   }
 };
 
@@ -348,10 +351,10 @@ TORCH_LIBRARY(cvpods, m) {
   m.def("gate_conv2d(Tensor x, Tensor weight, Tensor? bias, bool simd=True) -> Tensor");
   m.def(
       "gated_depthwise(Tensor x, Tensor weight, Tensor? bias, int num_groups, Tensor? gn_weight, "
-      "Tensor? gn_bias, float eps, Tensor gate) -> Tensor");
+      "Tensor? gn_bias, float eps, Tensor gate, bool zero_closed=True) -> Tensor");
   m.def(
       "fuse_neighbours(Tensor x, Tensor? finer, Tensor? coarser, Tensor scale_weight, "
-      "Tensor output_weight) -> Tensor");
+      "Tensor output_weight, Tensor? finer_gate=None, Tensor? coarser_gate=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(cvpods, CPU, m) {

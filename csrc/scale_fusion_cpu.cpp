@@ -7,6 +7,9 @@
 // (two interpolations, an add, a multiply and a multiply-add) makes six passes over 256-channel
 // maps and allocates three of them; this one reads each input once and writes the output once.
 //
+// A source may come with its gate [N, G, H', W'] (a gated_depthwise output written only where the
+// gate is open): a source pixel where every gate map is 0 is then taken as 0 and never read.
+//
 // Layouts: x, finer, coarser and out are channels-last [N, H, W, C] (C contiguous per pixel).
 // Interpolation weights follow ATen's upsample_bilinear2d(align_corners=True): source index
 // src = dst * (in - 1) / (out - 1), computed in the accumulation type.
@@ -53,15 +56,31 @@ template <typename scalar_t>
 struct Source {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* data = nullptr;  // nullptr: absent
+  const float* gate = nullptr;     // [N, G, h, w] float32 contiguous, or nullptr: all open
+  int64_t gate_maps = 0;
   int64_t h = 0, w = 0;
   std::vector<Lerp<acc_t>> rows, cols;
+
+  // Whether pixel (i, j) of image n is computed (some gate map is non-zero there).
+  bool open(int64_t n, int64_t i, int64_t j) const {
+    if (gate == nullptr) return true;
+    const float* g = gate + (n * gate_maps * h + i) * w + j;
+    for (int64_t m = 0; m < gate_maps; ++m) {
+      if (g[m * h * w] != 0.f) return true;
+    }
+    return false;
+  }
 };
 
 template <typename scalar_t>
-Source<scalar_t> make_source(const at::Tensor& t, int64_t h, int64_t w) {
+Source<scalar_t> make_source(const at::Tensor& t, const at::Tensor& gate, int64_t h, int64_t w) {
   Source<scalar_t> s;
   if (!t.defined()) return s;
   s.data = t.data_ptr<scalar_t>();
+  if (gate.defined()) {
+    s.gate = gate.data_ptr<float>();
+    s.gate_maps = gate.size(1);
+  }
   s.h = t.size(2);
   s.w = t.size(3);
   s.rows = lerps<typename Source<scalar_t>::acc_t>(h, s.h);
@@ -77,15 +96,16 @@ int corners(const Source<scalar_t>& s, int64_t n, int64_t y, int64_t xx, int64_t
   const Lerp<acc_t>& r = s.rows[y];
   const Lerp<acc_t>& q = s.cols[xx];
   const scalar_t* base = s.data + n * s.h * s.w * c;
-  ptr[0] = base + (r.i0 * s.w + q.i0) * c;
-  ptr[1] = base + (r.i0 * s.w + q.i1) * c;
-  ptr[2] = base + (r.i1 * s.w + q.i0) * c;
-  ptr[3] = base + (r.i1 * s.w + q.i1) * c;
-  weight[0] = scale * (1 - r.l1) * (1 - q.l1);
-  weight[1] = scale * (1 - r.l1) * q.l1;
-  weight[2] = scale * r.l1 * (1 - q.l1);
-  weight[3] = scale * r.l1 * q.l1;
-  return 4;
+  const int64_t ri[4] = {r.i0, r.i0, r.i1, r.i1}, ci[4] = {q.i0, q.i1, q.i0, q.i1};
+  const acc_t wr[4] = {1 - r.l1, 1 - r.l1, r.l1, r.l1}, wc[4] = {1 - q.l1, q.l1, 1 - q.l1, q.l1};
+  int terms = 0;
+  for (int k = 0; k < 4; ++k) {
+    if (!s.open(n, ri[k], ci[k])) continue;  // a closed pixel is 0: skip it, do not read it
+    ptr[terms] = base + (ri[k] * s.w + ci[k]) * c;
+    weight[terms] = scale * wr[k] * wc[k];
+    ++terms;
+  }
+  return terms;
 }
 
 #ifdef CVPODS_HAVE_AVX2_FUSION
@@ -132,6 +152,18 @@ void fuse_pixel(const scalar_t* x, acc_t ow, const scalar_t* const* ptr, const a
   }
 }
 
+void check_gate(const std::optional<at::Tensor>& s, const std::optional<at::Tensor>& gate,
+                const char* name) {
+  if (!gate.has_value()) return;
+  TORCH_CHECK(s.has_value(), "fuse_neighbours: ", name, "_gate given without ", name);
+  TORCH_CHECK(gate->dim() == 4 && gate->size(0) == s->size(0) && gate->size(1) >= 1 &&
+                  gate->size(2) == s->size(2) && gate->size(3) == s->size(3),
+              "fuse_neighbours: ", name, "_gate must be [N, G, H', W'] matching ", name, " ",
+              s->sizes(), ", got ", gate->sizes());
+  TORCH_CHECK(gate->device() == s->device(), "fuse_neighbours: ", name,
+              "_gate must be on ", name, "'s device");
+}
+
 void check_source(const at::Tensor& x, const std::optional<at::Tensor>& s, const char* name) {
   if (!s.has_value()) return;
   TORCH_CHECK(s->dim() == 4 && s->size(0) == x.size(0) && s->size(1) == x.size(1),
@@ -153,46 +185,62 @@ double scalar_of(const at::Tensor& t, const char* name) {
 }  // namespace
 
 void check_fuse_neighbours_inputs(const at::Tensor& x, const std::optional<at::Tensor>& finer,
-                                  const std::optional<at::Tensor>& coarser) {
+                                  const std::optional<at::Tensor>& coarser,
+                                  const std::optional<at::Tensor>& finer_gate,
+                                  const std::optional<at::Tensor>& coarser_gate) {
   TORCH_CHECK(x.dim() == 4, "fuse_neighbours: x must be [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
               "fuse_neighbours: x must be a floating-point tensor, got ", x.scalar_type());
   check_source(x, finer, "finer");
   check_source(x, coarser, "coarser");
+  check_gate(finer, finer_gate, "finer");
+  check_gate(coarser, coarser_gate, "coarser");
 }
 
 at::Tensor fuse_neighbours_library(const at::Tensor& x, const std::optional<at::Tensor>& finer,
                                    const std::optional<at::Tensor>& coarser,
                                    const at::Tensor& scale_weight,
-                                   const at::Tensor& output_weight) {
-  check_fuse_neighbours_inputs(x, finer, coarser);
+                                   const at::Tensor& output_weight,
+                                   const std::optional<at::Tensor>& finer_gate,
+                                   const std::optional<at::Tensor>& coarser_gate) {
+  check_fuse_neighbours_inputs(x, finer, coarser, finer_gate, coarser_gate);
   at::Tensor out = x * output_weight;
   const std::vector<int64_t> size{x.size(2), x.size(3)};
-  for (const auto* s : {&finer, &coarser}) {
+  for (const auto& [s, gate] : {std::pair{&finer, &finer_gate}, std::pair{&coarser, &coarser_gate}}) {
     if (!s->has_value()) continue;
-    out = out + at::upsample_bilinear2d(**s, size, /*align_corners=*/true) * scale_weight;
+    at::Tensor source = **s;
+    if (gate->has_value()) {  // closed pixels are 0, whatever the source holds there
+      source = at::where((**gate != 0).any(1, /*keepdim=*/true), source, at::zeros({}, source.options()));
+    }
+    out = out + at::upsample_bilinear2d(source, size, /*align_corners=*/true) * scale_weight;
   }
   return out.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor fuse_neighbours_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& finer,
                                const std::optional<at::Tensor>& coarser,
-                               const at::Tensor& scale_weight, const at::Tensor& output_weight) {
-  check_fuse_neighbours_inputs(x_in, finer, coarser);
+                               const at::Tensor& scale_weight, const at::Tensor& output_weight,
+                               const std::optional<at::Tensor>& finer_gate,
+                               const std::optional<at::Tensor>& coarser_gate) {
+  check_fuse_neighbours_inputs(x_in, finer, coarser, finer_gate, coarser_gate);
   const double sw = scalar_of(scale_weight, "scale_weight");
   const double ow = scalar_of(output_weight, "output_weight");
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(cl);
   const at::Tensor f = finer.has_value() ? finer->contiguous(cl) : at::Tensor();
   const at::Tensor k = coarser.has_value() ? coarser->contiguous(cl) : at::Tensor();
+  const auto gate_of = [](const std::optional<at::Tensor>& g) {
+    return g.has_value() ? g->to(at::kFloat).contiguous() : at::Tensor();
+  };
+  const at::Tensor fg = gate_of(finer_gate), kg = gate_of(coarser_gate);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   at::Tensor out = at::empty({n, c, h, w}, x.options(), cl);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fuse_neighbours",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Source<scalar_t> fs = make_source<scalar_t>(f, h, w);
-    const Source<scalar_t> ks = make_source<scalar_t>(k, h, w);
+    const Source<scalar_t> fs = make_source<scalar_t>(f, fg, h, w);
+    const Source<scalar_t> ks = make_source<scalar_t>(k, kg, h, w);
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     const bool simd = std::is_same_v<scalar_t, float> && c % 8 == 0 && has_avx2();

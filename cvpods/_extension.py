@@ -44,11 +44,15 @@ def _register_fake_kernels() -> None:
         )
 
     @torch.library.register_fake("cvpods::gated_depthwise")
-    def _gated_depthwise_fake(x, weight, bias, num_groups, gn_weight, gn_bias, eps, gate):
+    def _gated_depthwise_fake(
+        x, weight, bias, num_groups, gn_weight, gn_bias, eps, gate, zero_closed=True
+    ):
         return torch.empty_like(x, memory_format=torch.channels_last)
 
     @torch.library.register_fake("cvpods::fuse_neighbours")
-    def _fuse_neighbours_fake(x, finer, coarser, scale_weight, output_weight):
+    def _fuse_neighbours_fake(
+        x, finer, coarser, scale_weight, output_weight, finer_gate=None, coarser_gate=None
+    ):
         return torch.empty_like(x, memory_format=torch.channels_last)
 
     @torch.library.register_fake("cvpods::gate_conv2d")

@@ -185,6 +185,44 @@ def test_fuse_neighbours_equals_resize_and_sum(device, size, finer, coarser, cha
     torch.testing.assert_close(out64.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [64, 12])
+def test_fuse_neighbours_skips_closed_source_pixels(device, channels) -> None:
+    """With their gates, the sources' closed pixels (where every gate map is 0) count as 0 and
+    are never read: they hold NaN here, as unwritten gated_depthwise outputs may."""
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, channels, 10, 17, generator=gen)
+    finer, coarser = torch.randn(2, channels, 20, 33, generator=gen), torch.randn(2, channels, 5, 9)
+    finer_gate = torch.rand(2, 2, 20, 33, generator=gen) * (torch.rand(2, 2, 20, 33) > 0.5)
+    coarser_gate = torch.rand(2, 1, 5, 9, generator=gen) * (torch.rand(2, 1, 5, 9) > 0.3)
+    closed = [(g == 0).all(1, keepdim=True) for g in (finer_gate, coarser_gate)]
+    scale_weight, output_weight = torch.tensor([0.7]), torch.tensor([1.3])
+    expected = fuse_neighbours_reference(
+        x, finer.masked_fill(closed[0], 0), coarser.masked_fill(closed[1], 0), scale_weight,
+        output_weight,
+    )  # fmt: skip
+    out = torch.ops.cvpods.fuse_neighbours(
+        x.to(device), finer.masked_fill(closed[0], float("nan")).to(device),
+        coarser.masked_fill(closed[1], float("nan")).to(device), scale_weight.to(device),
+        output_weight.to(device), finer_gate.to(device), coarser_gate.to(device),
+    )  # fmt: skip
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gated_depthwise_may_leave_closed_positions_unwritten() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 64, 7, 10, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(64, 1, 3, 3, generator=gen), torch.randn(64, generator=gen)
+    gate = torch.rand(2, 2, 7, 10, generator=gen) * (torch.rand(2, 2, 7, 10, generator=gen) > 0.6)
+    args = (x, weight, bias, 8, torch.rand(64), torch.randn(64), 1e-5, gate)
+    expected = torch.ops.cvpods.gated_depthwise(*args)
+    out = torch.ops.cvpods.gated_depthwise(*args, False)
+    open_ = (gate != 0).any(1)
+    torch.testing.assert_close(
+        out.permute(0, 2, 3, 1)[open_], expected.permute(0, 2, 3, 1)[open_], rtol=0, atol=0
+    )
+
+
 def test_fuse_neighbours_names_the_bad_argument() -> None:
     x, one = torch.randn(1, 8, 4, 4), torch.ones(1)
     with pytest.raises(RuntimeError, match="coarser must be \\[N, C, H', W'\\] with N=1 and C=8"):
@@ -314,9 +352,10 @@ def test_operators_pass_the_fake_kernel_checks() -> None:
     )
     torch.library.opcheck(
         torch.ops.cvpods.fuse_neighbours.default,
-        (xc, torch.randn(2, 32, 18, 22), torch.randn(2, 32, 5, 6), torch.ones(1), torch.ones(1)),
+        (xc, torch.randn(2, 32, 18, 22), torch.randn(2, 32, 5, 6), torch.ones(1), torch.ones(1),
+         torch.rand(2, 2, 18, 22), None),
         test_utils=checks,
-    )
+    )  # fmt: skip
     torch.library.opcheck(
         torch.ops.cvpods.gated_depthwise.default,
         (xc, torch.randn(32, 1, 3, 3), torch.randn(32), 8, torch.ones(32), torch.zeros(32),

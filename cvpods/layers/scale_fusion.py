@@ -138,8 +138,15 @@ class GatedDepthwiseUnit(nn.Module):
         # The release detaches these gates in the soft cost: the budget loss does not reach them.
         costs.add_unit(gate, depthwise_unit_cost(self.convs), detach_soft=True)
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """``x [N, C, H, W]``, ``gate [N, G, H, W]`` -> the gated unit output ``[N, C, H, W]``."""
+    def forward(
+        self, x: torch.Tensor, gate: torch.Tensor, zero_closed: bool = True
+    ) -> torch.Tensor:
+        """``x [N, C, H, W]``, ``gate [N, G, H, W]`` -> the gated unit output ``[N, C, H, W]``.
+
+        ``zero_closed=False``: where every gate map is 0 the compiled operator leaves the output
+        unwritten, for a reader that skips those positions itself (``fuse_neighbours`` given
+        the gate); other paths write the zeros anyway.
+        """
         conv = self.convs[0]
         norm = self.convs[1] if len(self.convs) > 1 else None
         fused = (
@@ -154,7 +161,7 @@ class GatedDepthwiseUnit(nn.Module):
             x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias,
             0 if norm is None else norm.num_groups,
             None if norm is None else norm.weight, None if norm is None else norm.bias,
-            1e-5 if norm is None else norm.eps, gate,
+            1e-5 if norm is None else norm.eps, gate, zero_closed,
         )  # fmt: skip
 
 
@@ -238,13 +245,17 @@ class DynamicScaleFusion(nn.Module):
         units = self.dynamic_convs
         fused = []
         for l, x in enumerate(levels):
-            finer = units[0](levels[l - 1], gates[0][l - 1]) if l > 0 else None
-            coarser = units[1](levels[l + 1], gates[1][l + 1]) if l + 1 < len(levels) else None
+            # The units write only where their gate is open; the sum skips the closed pixels.
+            finer_gate = gates[0][l - 1] if l > 0 else None
+            coarser_gate = gates[1][l + 1] if l + 1 < len(levels) else None
+            finer = None if finer_gate is None else units[0](levels[l - 1], finer_gate, False)
+            coarser = None if coarser_gate is None else units[1](levels[l + 1], coarser_gate, False)
             fused.append(
                 torch.ops.cvpods.fuse_neighbours(
-                    x, finer, coarser, self.scale_weight, self.output_weight
+                    x, finer, coarser, self.scale_weight, self.output_weight, finer_gate,
+                    coarser_gate,
                 )
-            )
+            )  # fmt: skip
             del finer, coarser
         return fused
 

@@ -129,7 +129,9 @@ def forced_gate_table(args: argparse.Namespace, clock: Callable[[], float]) -> N
             return call
 
         layouts = bench.time_interleaved(
-            {"nchw": run(fixed, features), "channels_last": run(fixed, features_cl)}, 1, clock
+            {"nchw": run(fixed, features), "channels_last": run(fixed, features_cl)},
+            args.repeats,
+            clock,
         )
         layout = min(layouts, key=layouts.get)
         inputs = features if layout == "nchw" else features_cl  # the same tensors for both heads

@@ -21,8 +21,8 @@ from cvpods.evaluation import HeadComplexityEvaluator
 from cvpods.layers import (
     CostCollector,
     DynamicDepthCell,
-    DynamicScaleFusion,
-    ScaleFusion,
+    DynamicHeadStage,
+    HeadStage,
     SpatialGate,
 )
 
@@ -262,7 +262,7 @@ def test_scale_fusion_resize_by_hand(method, kind):
     """One channel, no norm, identity depthwise units, scale weights 1, the depth cell off:
     level l becomes x_l + resize(x_{l-1}) + resize(x_{l+1})."""
     if kind == "dynamic":
-        fusion = DynamicScaleFusion(1, resize_method=method, norm="")
+        fusion = DynamicHeadStage(1, resize_method=method, norm="")
         for unit in fusion.dynamic_convs:
             identity_depthwise(unit.convs[0])
             set_gate(unit.gate, [OPEN])
@@ -270,7 +270,7 @@ def test_scale_fusion_resize_by_hand(method, kind):
         with torch.no_grad():
             fusion.scale_weight.fill_(1.0)
     else:
-        fusion = ScaleFusion(1, resize_method=method, norm="")
+        fusion = HeadStage(1, resize_method=method, norm="")
         for unit in fusion.convs:
             identity_depthwise(unit[0])
         with torch.no_grad():
@@ -368,7 +368,7 @@ def test_head_complexity_record_by_hand(pattern):
     for module in model.head.modules():
         if isinstance(module, DynamicDepthCell):
             set_gate(module.gate, [OPEN if pattern == "open" else CLOSED])
-        elif isinstance(module, DynamicScaleFusion):
+        elif isinstance(module, DynamicHeadStage):
             for unit in module.dynamic_convs:
                 set_gate(unit.gate, [CLOSED if pattern == "closed" else OPEN])
     positions = 12 * 16 + 6 * 8 + 3 * 4 + 2 * 2 + 1
@@ -385,3 +385,9 @@ def test_head_complexity_record_by_hand(pattern):
     assert summary["num_images"] == 1
     recorded = summary["avg_gflops"]
     assert recorded == pytest.approx(expected_macs / 2**30, rel=1e-12, abs=0)
+
+
+def test_the_stages_earlier_names_still_import() -> None:
+    import cvpods.layers as layers
+
+    assert layers.ScaleFusion is HeadStage and layers.DynamicScaleFusion is DynamicHeadStage

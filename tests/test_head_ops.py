@@ -18,7 +18,7 @@ from torch import nn
 
 import cvpods  # noqa: F401  (loads cvpods._C, which registers torch.ops.cvpods)
 from cvpods.configs import FCOSConfig
-from cvpods.layers import DynamicScaleFusion, MaskedConv2d, ShapeSpec
+from cvpods.layers import DynamicHeadStage, MaskedConv2d, ShapeSpec
 from cvpods.layers.masked_conv import MaskedEpilogue, masked_conv2d
 from cvpods.modeling import FCOSDynamicHead
 
@@ -397,7 +397,7 @@ def test_eval_dynamic_head_compiles_without_graph_breaks() -> None:
 
 
 def test_a_scale_fusion_stage_compiles_to_one_graph() -> None:
-    stage = DynamicScaleFusion(32).eval()
+    stage = DynamicHeadStage(32).eval()
     levels = [torch.randn(1, 32, 16 // 2**i, 16 // 2**i) for i in range(3)]
     with torch.no_grad():
         explained = torch._dynamo.explain(stage)(levels)

@@ -15,19 +15,8 @@ from torch import nn
 from .batch_norm import get_norm
 from .masked_conv import MaskedEpilogue, masked_conv2d
 from .spatial_gate import CostCollector, GateCost, SpatialGate
+from .weight_init import init_head_layers
 from .wrappers import Conv2d
-
-
-def init_head_layers(module: nn.Module) -> None:
-    """Head initialisation: conv weights ~ N(0, 0.01), conv biases 0, GroupNorm 1 / 0."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.normal_(layer.weight, mean=0.0, std=0.01)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.GroupNorm):
-            nn.init.ones_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
 
 class ResidualBranch(nn.Module):

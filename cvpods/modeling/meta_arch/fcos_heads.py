@@ -27,10 +27,10 @@ from torch import nn
 from ...configs import configurable
 from ...layers import (
     CostCollector,
-    DynamicScaleFusion,
+    DynamicHeadStage,
     GateCost,
+    HeadStage,
     Scale,
-    ScaleFusion,
     ShapeSpec,
     init_head_layers,
 )
@@ -245,10 +245,10 @@ class FCOSFixHead(_FCOSPredictors):
         stages = _num_stages(num_convs)
         resize = resize_method
         self.cls_subnet = nn.ModuleList(
-            [ScaleFusion(self.in_channels, resize) for _ in range(stages)]
+            [HeadStage(self.in_channels, resize) for _ in range(stages)]
         )
         self.bbox_subnet = nn.ModuleList(
-            [ScaleFusion(self.in_channels, resize) for _ in range(stages)]
+            [HeadStage(self.in_channels, resize) for _ in range(stages)]
         )
         self.build_predictors(prior_prob)
 
@@ -317,8 +317,8 @@ class FCOSDynamicHead(_FCOSPredictors):
                 f"MODEL.FCOS.NUM_GROUPS={num_groups} must divide the head's {self.in_channels} channels"
             )
 
-        def stage() -> DynamicScaleFusion:
-            return DynamicScaleFusion(
+        def stage() -> DynamicHeadStage:
+            return DynamicHeadStage(
                 self.in_channels,
                 num_groups=num_groups,
                 resize_method=resize_method,

@@ -6,9 +6,9 @@ in the tower before the predictors:
 
 * :class:`StandardRPNHead`: one 3x3 conv + ReLU per level (``conv``; cvpods / detectron2 names).
 * :class:`FixRPNHead`: ``NUM_CONVS // 2`` stages of scale fusion across the FPN levels + a
-  residual depth cell (:class:`~cvpods.layers.ScaleFusion`), the static deep baseline.
+  residual depth cell (:class:`~cvpods.layers.HeadStage`), the static deep baseline.
 * :class:`DynamicRPNHead`: the same stages with spatial gates on every unit
-  (:class:`~cvpods.layers.DynamicScaleFusion`); it returns the head's per-image cost and, in
+  (:class:`~cvpods.layers.DynamicHeadStage`); it returns the head's per-image cost and, in
   evaluation, computes the gated depth cells with the masked convolution (sparse inference).
 
 Each head takes keyword arguments, or a config (``FixRPNHead(cfg, input_shape, num_cell_anchors)``,
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...configs import configurable
-from ...layers import CostCollector, DynamicScaleFusion, GateCost, ScaleFusion, ShapeSpec
+from ...layers import CostCollector, DynamicHeadStage, GateCost, HeadStage, ShapeSpec
 from ...utils.registry import Registry
 
 #: RPN heads by name; ``MODEL.RPN.HEAD_NAME`` picks the one the :class:`~.rpn.RPN` builds.
@@ -170,7 +170,7 @@ class FixRPNHead(_RPNPredictors):
         super().__init__(input_shape=input_shape, num_cell_anchors=num_cell_anchors)
         self.subnet = nn.ModuleList(
             [
-                ScaleFusion(self.in_channels, resize_method, norm)
+                HeadStage(self.in_channels, resize_method, norm)
                 for _ in range(_num_stages(num_convs))
             ]
         )
@@ -232,7 +232,7 @@ class DynamicRPNHead(_RPNPredictors):
             )
         self.subnet = nn.ModuleList(
             [
-                DynamicScaleFusion(
+                DynamicHeadStage(
                     self.in_channels,
                     num_groups=num_groups,
                     resize_method=resize_method,

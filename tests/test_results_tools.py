@@ -19,6 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "results"
 ROWS = sorted((FIXTURES / "rows").glob("*.json"))
+#: Faster R-CNN rows (dynamic RPN head, standard RPN head), in the format of ROWS.
+RPN_ROWS = sorted((FIXTURES / "rpn_rows").glob("*.json"))
 
 
 def _tool(name: str):
@@ -66,6 +68,34 @@ def test_readme_markers_replaced_and_nothing_else(tmp_path, capsys):
         )
     assert capsys.readouterr().out == EXPECTED_TABLE * 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # no temporary left
+
+
+def test_table_of_faster_rcnn_rows_names_the_rpn_head(tmp_path, capsys):
+    assert [p.name for p in RPN_ROWS] == [
+        "shapes.res18.faster_rcnn.dynamic_rpn.d4.lambda-0_1.json",
+        "shapes.res18.faster_rcnn.json",
+    ]
+    assert results_table.main([str(ROWS[3]), *map(str, RPN_ROWS)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == EXPECTED_TABLE.splitlines()[:2] + [EXPECTED_TABLE.splitlines()[5]]
+    # % of full: 1.2131 / 3.105 = 39.1 % -> 39; the standard RPN head's GFLOPs are its full cost.
+    assert lines[3:5] == [
+        "| `shapes.res18.faster_rcnn.dynamic_rpn.d4.lambda-0_1` | `DynamicRPNHead` | 50.2 | 84.1 "
+        "| 47.5 | 58.3 | 51.9 | 1.213 | 0.988 | 1.601 | 3.105 | 39 | 71.3 | 33.5 |",
+        "| `shapes.res18.faster_rcnn` | `StandardRPNHead` | 48.7 | 82.0 | 45.0 | 56.6 | – "
+        "| 0.388 | 0.334 | 0.485 | 0.388 | 100 | 45.5 | 17.3 |",
+    ]
+    # The note says what an RPN head's GFLOPs count (only when the table has such a row).
+    assert lines[6].startswith(f"_{results_table.RPN_NOTE}; ms / image: whole model")
+    assert "RPN" not in EXPECTED_TABLE
+
+    # A row written before rows named their head has no head cell.
+    old = json.loads(RPN_ROWS[1].read_text())
+    del old["head"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert results_table.main([str(tmp_path / "old.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| `shapes.res18.faster_rcnn` | – | 48.7 |" in out and "RPN head" not in out
 
 
 @pytest.mark.parametrize(
@@ -190,12 +220,14 @@ def test_ms_from_file_formats(tmp_path):
         collect_results.ms_from_file(tmp_path / "none.txt", "a")
 
 
-def _small_experiment(tmp_path: Path, monkeypatch) -> Path:
-    """The dynamic shapes experiment with the fixture's OUTPUT_DIR and a tiny test set (the
-    config dump holds the run's overrides, as cvpods_train writes it)."""
+def _small_experiment(
+    tmp_path: Path, monkeypatch, name: str = "shapes.res18.dynamic.d4.lambda-0_1"
+) -> Path:
+    """The dynamic shapes experiment ``name`` with the fixture's OUTPUT_DIR and a tiny test set
+    (the config dump holds the run's overrides, as cvpods_train writes it)."""
     from cvpods.engine.launcher import load_experiment
 
-    folder = tmp_path / "shapes.res18.dynamic.d4.lambda-0_1"
+    folder = tmp_path / name
     source = REPO / "cvpods_playground" / folder.name
     folder.mkdir()
     for name in ("config.py", "net.py"):
@@ -301,10 +333,83 @@ def test_plot_of_experiment_folders(tmp_path, monkeypatch):
     out = tmp_path / "tradeoff.png"
     points = plot_results.load_points([folder], FIXTURES / "rows")
     assert points == [
-        {"name": folder.name, "ap": 55.8, "gflops": 0.957, "ms": 38.46, "dynamic": True}
+        {
+            "name": folder.name,
+            "ap": 55.8,
+            "gflops": 0.957,
+            "ms": 38.46,
+            "dynamic": True,
+            "rpn": False,
+        }
     ]
     assert plot_results.main([str(folder), "--collected", str(tmp_path), "--out", str(out)]) == 0
     assert _png_size(out) == (1440, 600)
+
+
+def test_plot_marks_rpn_heads(tmp_path, capsys):
+    _needs_matplotlib()
+    points = plot_results.load_points([ROWS[3], ROWS[1], *RPN_ROWS], None)
+    assert [(p["name"], p["gflops"], p["dynamic"], p["rpn"]) for p in points] == [
+        ("shapes.res18.fcos", 0.8234, False, False),
+        ("shapes.res18.dynamic.d4.lambda-0_1", 0.7634, True, False),
+        ("shapes.res18.faster_rcnn.dynamic_rpn.d4.lambda-0_1", 1.2131, True, True),
+        ("shapes.res18.faster_rcnn", 0.3881, False, True),
+    ]
+    fcos, dynamic, dynamic_rpn, rpn = points
+    assert plot_results.style("shapes.res18.fcos", [fcos]) == {
+        "marker": "s", "linestyle": "none", "label": "shapes.res18.fcos",
+    }  # fmt: skip
+    assert plot_results.style("shapes.res18.dynamic.d4", [dynamic, dynamic]) == {
+        "marker": "o", "linestyle": "-", "label": "shapes.res18.dynamic.d4 (dynamic)",
+    }  # fmt: skip
+    family = plot_results.family(dynamic_rpn["name"])
+    assert plot_results.style(family, [dynamic_rpn]) == {
+        "marker": "^", "linestyle": "none", "label": f"{family} (dynamic, RPN head)",
+    }  # fmt: skip
+    assert plot_results.style(rpn["name"], [rpn])["label"] == "shapes.res18.faster_rcnn (RPN head)"
+    # A dynamic point is named by its lambda on a line of several, by its experiment when alone.
+    assert plot_results.point_text(dynamic, 3) == "lambda-0_1"
+    assert plot_results.point_text(dynamic_rpn, 1) == dynamic_rpn["name"]
+    assert plot_results.point_text(rpn, 1) == "shapes.res18.faster_rcnn"
+
+    out = tmp_path / "tradeoff.png"
+    assert plot_results.main([*map(str, ROWS + RPN_ROWS), "--out", str(out)]) == 0
+    assert _png_size(out) == (1440, 600)
+    assert f"wrote {out} (7 experiment(s))" in capsys.readouterr().out
+
+
+def test_plot_of_a_faster_rcnn_folder(tmp_path, monkeypatch):
+    """An experiment folder of the dynamic RPN head: its head is read from its config."""
+    folder = _small_experiment(
+        tmp_path, monkeypatch, "shapes.res18.faster_rcnn.dynamic_rpn.d4.lambda-0_1"
+    )
+    points = plot_results.load_points([folder], None)
+    assert points == [
+        {"name": folder.name, "ap": 55.8, "gflops": 0.957, "ms": None, "dynamic": True, "rpn": True}
+    ]
+
+
+def test_plot_labels_avoid_each_other_and_the_points():
+    place = plot_results.label_offsets
+    # Alone: above the point, on the side away from the panel's edge.
+    assert place([(100.0, 100.0)], [40.0], 8.0, [False]) == [(5.0, 5.0, "left")]
+    assert place([(100.0, 100.0)], [40.0], 8.0, [True]) == [(-5.0, 5.0, "right")]
+    # A second point whose label above-right would cover the first label: above-left when that
+    # is free, else below.
+    assert place([(100.0, 100.0), (80.0, 101.0)], [40.0, 40.0], 8.0, [False, False]) == [
+        (5.0, 5.0, "left"),
+        (-5.0, 5.0, "right"),
+    ]
+    assert place([(100.0, 100.0), (115.0, 101.0)], [40.0, 40.0], 8.0, [False, False]) == [
+        (5.0, 5.0, "left"),
+        (5.0, -13.0, "left"),
+    ]
+    # A label does not cover another point when a free place exists.
+    offsets = place([(100.0, 100.0), (120.0, 108.0)], [40.0, 10.0], 8.0, [False, True])
+    assert offsets[0] == (-5.0, 5.0, "right")
+    # Nowhere free: the first candidate.
+    crowd = [(100.0, 100.0), (110.0, 108.0), (90.0, 108.0), (110.0, 88.0), (90.0, 88.0)]
+    assert place(crowd, [40.0] * 5, 8.0, [False] * 5)[0] == (5.0, 5.0, "left")
 
 
 def test_plot_groups_dynamic_heads_by_family():

@@ -10,8 +10,10 @@ Each input is a row written by tools/collect_results.py (``.json``) or an experi
 A dynamic head is placed at its average GFLOPs (``head_complexity``), a static head at its full
 cost (computed from the folder's test images when no row gives it). The dynamic heads of one
 family (the same name apart from ``.lambda-*``) are joined by a line, as in the paper's
-accuracy-FLOPs figure; each point is labelled with its experiment. Points without a measured ms
-per image are left out of the second panel.
+accuracy-FLOPs figure; each point is labelled with its experiment (a dynamic point by its
+``lambda-*`` when its line has others). Faster R-CNN rows are placed at their RPN head's GFLOPs
+(triangles, "(RPN head)" in the legend), the FCOS rows at their detection head's (circles and
+squares). Points without a measured ms per image are left out of the second panel.
 
 Needs matplotlib (``pip install '.[plot]'``); without it the tool says so and exits with 2.
 """
@@ -63,10 +65,12 @@ def point_from_folder(folder: Path, collected: Path | None) -> dict[str, Any]:
         "experiment": folder.name,
         **collect.read_results(Path(results_file(cfg.OUTPUT_DIR, dataset))),
     }
+    two_stage = cfg.MODEL.get("META_ARCHITECTURE") == "GeneralizedRCNN"
+    row["head"] = (cfg.MODEL.RPN if two_stage else cfg.MODEL.FCOS).get("HEAD_NAME")
     saved = collected / f"{folder.name}.json" if collected is not None else None
     if saved is not None and saved.is_file():
         extra = collect.read_json(saved, "a row of tools/collect_results.py")
-        for key in ("ms_per_image", "full_gflops"):
+        for key in ("ms_per_image", "full_gflops", "head"):
             if extra.get(key) is not None:
                 row[key] = extra[key]
     if "head_complexity" not in row and row.get("full_gflops") is None:
@@ -78,7 +82,7 @@ def point_from_folder(folder: Path, collected: Path | None) -> dict[str, Any]:
 
 
 def load_points(inputs: list[Path], collected: Path | None) -> list[dict[str, Any]]:
-    """One dict per input: name, AP, GFLOPs, ms (or None), dynamic."""
+    """One dict per input: name, AP, GFLOPs, ms (or None), dynamic, rpn (an RPN head's GFLOPs)."""
     table = _tool("results_table")
     points = []
     for path in inputs:
@@ -94,9 +98,73 @@ def load_points(inputs: list[Path], collected: Path | None) -> list[dict[str, An
                 "gflops": gflops,
                 "ms": row.get("ms_per_image"),
                 "dynamic": isinstance(row.get("head_complexity"), dict),
+                "rpn": table.is_rpn_head(row),
             }
         )
     return points
+
+
+def style(group: str, members: list[dict[str, Any]]) -> dict[str, str]:
+    """Marker, line and legend label of one group of points (a dynamic family or one static
+    experiment): RPN heads (Faster R-CNN) are triangles, other dynamic heads circles joined by a
+    line, other static heads squares."""
+    dynamic, rpn = members[0]["dynamic"], members[0].get("rpn", False)
+    kinds = [kind for kind, used in (("dynamic", dynamic), ("RPN head", rpn)) if used]
+    return {
+        "marker": "^" if rpn else "o" if dynamic else "s",
+        "linestyle": "-" if dynamic and len(members) > 1 else "none",
+        "label": f"{group} ({', '.join(kinds)})" if kinds else group,
+    }
+
+
+def point_text(point: dict[str, Any], line_size: int) -> str:
+    """A point's label: a dynamic point on a line of ``line_size`` > 1 by what differs within the
+    line (e.g. "lambda-0_1"), any other point by its experiment."""
+    name = point["name"]
+    if point["dynamic"] and line_size > 1:
+        return name[len(family(name)) :].lstrip(".") or name
+    return name
+
+
+def label_offsets(
+    anchors: list[tuple[float, float]],
+    widths: list[float],
+    height: float,
+    right: list[bool],
+    gap: float = 5.0,
+) -> list[tuple[float, float, str]]:
+    """Where each point's label goes, as ``(dx, dy, ha)`` offsets from its point (in points).
+
+    ``anchors`` are the points' positions and ``widths`` their labels' widths, in points; a label
+    in the right half (``right``) prefers the left of its point. Each label takes the first of
+    above its point on its preferred side, above on the other side, then below (same order), whose
+    box overlaps neither the labels placed before it nor another point; the first candidate when
+    all overlap.
+    """
+    marker = 4.0  # half the side of the box kept free around each point
+
+    def overlaps(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    points = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = []
+    for index, ((x, y), width) in enumerate(zip(anchors, widths)):
+        side = -1.0 if right[index] else 1.0
+        candidates = [(s * gap, dy) for dy in (gap, -gap - height) for s in (side, -side)]
+        others = placed + points[:index] + points[index + 1 :]
+        chosen = candidates[0]
+        for dx, dy in candidates:
+            x0 = x + dx if dx > 0 else x + dx - width
+            box = (x0, y + dy, x0 + width, y + dy + height)
+            if not any(overlaps(box, other) for other in others):
+                chosen = (dx, dy)
+                break
+        dx, dy = chosen
+        x0 = x + dx if dx > 0 else x + dx - width
+        placed.append((x0, y + dy, x0 + width, y + dy + height))
+        offsets.append((dx, dy, "left" if dx > 0 else "right"))
+    return offsets
 
 
 def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> None:
@@ -104,20 +172,22 @@ def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.textpath import TextPath
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    fontsize = 7
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     panels = (
-        ("gflops", "head GFLOPs (average per test image)"),
+        ("gflops", "head GFLOPs (average per test image; Faster R-CNN: the RPN head)"),
         ("ms", "ms per image (whole model)"),
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for point in points:
         groups[family(point["name"]) if point["dynamic"] else point["name"]].append(point)
+    legend: dict[str, Any] = {}  # label -> handle, over both panels
+    labels: list[tuple[Any, str, list[dict[str, Any]]]] = []  # (axes, key, points shown)
     for ax, (key, label) in zip(axes, panels):
-        shown = 0
-        xs = [p[key] for p in points if isinstance(p[key], (int, float))]
-        middle = (min(xs) + max(xs)) / 2 if xs else 0.0
+        shown = []
         for index, (group, members) in enumerate(groups.items()):
             members = sorted(
                 (p for p in members if isinstance(p[key], (int, float)) and p["ap"] is not None),
@@ -125,31 +195,20 @@ def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> N
             )
             if not members:
                 continue
-            shown += len(members)
-            dynamic = members[0]["dynamic"]
-            ax.plot(
+            shown += members
+            (line,) = ax.plot(
                 [p[key] for p in members],
                 [p["ap"] for p in members],
-                marker="o" if dynamic else "s",
-                linestyle="-" if dynamic and len(members) > 1 else "none",
                 color=colors[index % len(colors)],
-                label=f"{group} (dynamic)" if dynamic else group,
+                **style(group, members),
             )
-            for p in members:
-                right = p[key] > middle  # labels of the right half go to the left of the point
-                # A dynamic point is named by what differs within its line (e.g. "lambda-0_1").
-                text = p["name"][len(family(p["name"])) :].lstrip(".") if dynamic else p["name"]
-                ax.annotate(
-                    text or p["name"], (p[key], p["ap"]), textcoords="offset points",
-                    xytext=(-5 if right else 5, 5), ha="right" if right else "left", fontsize=7,
-                )  # fmt: skip
+            legend.setdefault(line.get_label(), line)
         ax.set_xlabel(label)
         ax.set_ylabel("bbox AP")
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.12, y=0.12)
-        if shown:
-            ax.legend(fontsize=7, loc="best")
-        else:
+        labels.append((ax, key, shown))
+        if not shown:
             ax.text(
                 0.5, 0.5, f"no {label} in the inputs\n(tools/collect_results.py measures it)",
                 ha="center", va="center", transform=ax.transAxes,
@@ -158,6 +217,30 @@ def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> N
     axes[1].set_title("AP vs measured time")
     if title:
         fig.suptitle(title)
+    if legend:  # one legend for both panels, under them (it hid points inside a panel)
+        fig.legend(
+            list(legend.values()), list(legend), loc="outside lower center", ncols=3,
+            fontsize=fontsize,
+        )  # fmt: skip
+    fig.canvas.draw()  # the final layout, so that labels can be placed where they stay free
+    to_points = 72.0 / fig.dpi
+    for ax, key, shown in labels:
+        if not shown:
+            continue
+        xs = [p[key] for p in shown]
+        middle = (min(xs) + max(xs)) / 2
+        texts = [point_text(p, len(groups[family(p["name"]) if p["dynamic"] else p["name"]]))
+                 for p in shown]  # fmt: skip
+        anchors = [
+            tuple(v * to_points for v in ax.transData.transform((p[key], p["ap"]))) for p in shown
+        ]
+        widths = [TextPath((0, 0), t, size=fontsize).get_extents().width for t in texts]
+        offsets = label_offsets(anchors, widths, 1.2 * fontsize, [p[key] > middle for p in shown])
+        for p, text, (dx, dy, ha) in zip(shown, texts, offsets):
+            ax.annotate(
+                text, (p[key], p["ap"]), textcoords="offset points", xytext=(dx, dy), ha=ha,
+                fontsize=fontsize,
+            )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

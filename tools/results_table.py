@@ -4,10 +4,12 @@
     python tools/results_table.py docs/results/shapes/*.json
     python tools/results_table.py docs/results/shapes/*.json --readme README.md
 
-Columns: AP, AP50, APs / APm / APl (percent), head GFLOPs avg / min / max over the test images
-(a dynamic head's ``head_complexity``; for a static head its full cost, which it always computes),
-the head's full cost, the average as a percentage of it, whole-model ms per image and training
-minutes; ``–`` where a row has no value. A note under the table says how the times were measured.
+Columns: the head (its class), AP, AP50, APs / APm / APl (percent), head GFLOPs avg / min / max
+over the test images (a dynamic head's ``head_complexity``; for a static head its full cost, which
+it always computes), the head's full cost, the average as a percentage of it, whole-model ms per
+image and training minutes; ``–`` where a row has no value. The head of a Faster R-CNN row is its
+RPN head (``*RPNHead``; the ROI box head is not counted). A note under the table says how the times
+were measured.
 
 ``--readme FILE`` also puts the table between the lines ``<!-- results:shapes:start -->`` and
 ``<!-- results:shapes:end -->`` of FILE (atomically; nothing else in FILE changes).
@@ -26,10 +28,13 @@ END = "<!-- results:shapes:end -->"
 DASH = "–"
 
 HEADER = (
-    "| experiment | AP | AP50 | APs | APm | APl | head GFLOPs avg | min | max | full "
+    "| experiment | head | AP | AP50 | APs | APm | APl | head GFLOPs avg | min | max | full "
     "| % of full | ms / image | train min |"
 )
-ALIGN = "| --- |" + " ---: |" * 12
+ALIGN = "| --- | --- |" + " ---: |" * 12
+
+#: What the GFLOPs of an RPN-head row count (said in the note when the table has such a row).
+RPN_NOTE = "head GFLOPs of an RPN head (Faster R-CNN): the RPN head only, not the ROI box head"
 
 
 class TableError(RuntimeError):
@@ -76,6 +81,13 @@ def head_gflops(row: dict[str, Any]) -> tuple[float | None, float | None, float 
     return full, row.get("full_gflops_min", full), row.get("full_gflops_max", full)
 
 
+def is_rpn_head(row: dict[str, Any]) -> bool:
+    """Whether the row's head is the RPN head of a two-stage detector (``StandardRPNHead``,
+    ``FixRPNHead``, ``DynamicRPNHead``)."""
+    head = row.get("head")
+    return isinstance(head, str) and head.endswith("RPNHead")
+
+
 def table_line(row: dict[str, Any]) -> str:
     bbox = row["bbox"]
     avg, low, high = head_gflops(row)
@@ -83,6 +95,7 @@ def table_line(row: dict[str, Any]) -> str:
     percent = 100.0 * avg / full if isinstance(avg, (int, float)) and full else None
     cells = [
         f"`{row['experiment']}`",
+        f"`{row['head']}`" if isinstance(row.get("head"), str) else DASH,
         *(_number(bbox.get(key), 1) for key in ("AP", "AP50", "APs", "APm", "APl")),
         _number(avg, 3),
         _number(low, 3),
@@ -101,7 +114,8 @@ def _span(values: list[float]) -> str:
 
 
 def note(rows: list[dict[str, Any]]) -> str:
-    """How the rows were measured: timing set-up, load average, commits."""
+    """What the head GFLOPs of RPN heads count, and how the rows were measured: timing set-up,
+    load average, commits."""
     parts = []
     timings = [r.get("timing") or {} for r in rows if r.get("ms_per_image") is not None]
     setups = sorted(
@@ -111,6 +125,8 @@ def note(rows: list[dict[str, Any]]) -> str:
             for t in timings
         }
     )
+    if any(is_rpn_head(r) for r in rows):
+        parts.append(RPN_NOTE)
     if setups:
         parts.append("ms / image: whole model, batch 1, " + "; ".join(setups))
     loads = [r["load_average"][0] for r in rows if r.get("load_average")]

@@ -176,6 +176,46 @@ def test_bias_weight_decay_follows_weight_decay_by_default() -> None:
     assert bias == 2.0
 
 
+def test_sgd_is_the_default_optimizer_as_in_the_release() -> None:
+    assert BaseDetectionConfig().SOLVER.OPTIMIZER_NAME == "SGD"
+    optimizer = build_optimizer(_cfg(), nn.Linear(2, 2))
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_adamw_step_by_hand_with_decoupled_weight_decay() -> None:
+    """AdamW's first step with betas (0.5, 0.25): m = 0.5 g, v = 0.25 g^2, bias-corrected to g and
+    g^2, so the update is lr * g / (|g| + eps) = lr * sign(g) (eps 1e-8 aside), after the
+    decoupled decay p <- p * (1 - lr * wd). Weight 1, gradient 2, lr 0.1, wd 0.5:
+    1 * (1 - 0.05) - 0.1 = 0.85. The per-kind groups and clipping apply as for SGD."""
+    net = nn.Linear(1, 1)
+    nn.init.constant_(net.weight, 1.0)
+    nn.init.constant_(net.bias, 0.0)
+    cfg = _cfg(OPTIMIZER_NAME="AdamW", BASE_LR=0.1, WEIGHT_DECAY=0.5, BETAS=(0.5, 0.25))
+    cfg.merge_from_dict({"SOLVER.CLIP_GRADIENTS.ENABLED": True})
+    optimizer = build_optimizer(cfg, net)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert type(optimizer).__name__ == "AdamWWithGradientClip"
+    assert _groups_by_name(optimizer)["default"]["betas"] == (0.5, 0.25)
+    net.weight.grad = torch.full_like(net.weight, 2.0)
+    net.bias.grad = torch.zeros_like(net.bias)
+    optimizer.step()
+    assert float(net.weight) == pytest.approx(0.85, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("solver", "match"),
+    [
+        (dict(OPTIMIZER_NAME="Adam"), "OPTIMIZER_NAME must be one of 'SGD', 'AdamW', got 'Adam'"),
+        (dict(OPTIMIZER_NAME="AdamW", BETAS=(0.9, 1.5)), "SOLVER.BETAS must be two numbers"),
+        (dict(OPTIMIZER_NAME="AdamW", BETAS=(0.9,)), "SOLVER.BETAS must be two numbers"),
+    ],
+)
+def test_bad_optimizer_settings_are_config_errors(solver: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_optimizer(_cfg(**solver), nn.Linear(2, 2))
+
+
 def test_shapes_experiments_keep_whole_model_norm_clipping() -> None:
     from conftest import load_experiment
 

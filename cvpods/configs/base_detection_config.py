@@ -106,8 +106,11 @@ _DEFAULTS = dict(
         WARMUP_ITERS=1000,
         # "linear" or "constant".
         WARMUP_METHOD="linear",
+        # "SGD" (with MOMENTUM; every release experiment) or "AdamW" (with BETAS).
+        OPTIMIZER_NAME="SGD",
         BASE_LR=0.01,
         MOMENTUM=0.9,
+        BETAS=(0.9, 0.999),
         WEIGHT_DECAY=1e-4,
         # Weight decay of normalisation layers' affine parameters.
         WEIGHT_DECAY_NORM=0.0,

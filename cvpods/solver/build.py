@@ -1,4 +1,5 @@
-"""The optimizer: SGD with momentum, per-kind weight decay / learning rate, gradient clipping."""
+"""The optimizer: SGD with momentum (or AdamW), per-kind weight decay / learning rate, gradient
+clipping."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cvpods.layers import SpatialGate
 
 __all__ = [
     "CLIP_TYPES",
+    "OPTIMIZERS",
     "NORM_MODULE_TYPES",
     "build_optimizer",
     "get_param_groups",
@@ -153,15 +155,28 @@ def maybe_add_gradient_clipping(
     )
 
 
-def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum over :func:`get_param_groups` of ``model``, from the SOLVER settings.
+#: SOLVER.OPTIMIZER_NAME values: the release's SGD with momentum, or AdamW (decoupled weight decay).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "SGD": torch.optim.SGD,
+    "AdamW": torch.optim.AdamW,
+}
 
-    Uses SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, GATE_LR_FACTOR,
-    WEIGHT_DECAY_BIAS (``None``: the same as WEIGHT_DECAY, as in the release) and CLIP_GRADIENTS.
+
+def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """The SOLVER.OPTIMIZER_NAME optimizer over :func:`get_param_groups` of ``model``.
+
+    Uses SOLVER.BASE_LR, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, GATE_LR_FACTOR,
+    WEIGHT_DECAY_BIAS (``None``: the same as WEIGHT_DECAY, as in the release) and CLIP_GRADIENTS;
+    SOLVER.MOMENTUM for ``"SGD"`` (the default, as in the release), SOLVER.BETAS for ``"AdamW"``.
     """
     solver = cfg.SOLVER
     if solver.BASE_LR <= 0:
         raise ConfigError(f"SOLVER.BASE_LR must be > 0, got {solver.BASE_LR!r}")
+    name = solver.get("OPTIMIZER_NAME", "SGD")
+    if name not in OPTIMIZERS:
+        raise ConfigError(
+            f"SOLVER.OPTIMIZER_NAME must be one of {', '.join(map(repr, OPTIMIZERS))}, got {name!r}"
+        )
     groups = get_param_groups(
         model,
         base_lr=solver.BASE_LR,
@@ -173,5 +188,10 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     )
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")
-    optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+    optimizer_class = maybe_add_gradient_clipping(cfg, OPTIMIZERS[name])
+    if name == "AdamW":
+        betas = tuple(float(b) for b in solver.get("BETAS", (0.9, 0.999)))
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"SOLVER.BETAS must be two numbers in [0, 1), got {solver.BETAS!r}")
+        return optimizer_class(groups, lr=solver.BASE_LR, betas=betas)
     return optimizer_class(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM)

@@ -400,13 +400,19 @@ def test_plot_labels_avoid_each_other_and_the_points():
         (5.0, 5.0, "left"),
         (-5.0, 5.0, "right"),
     ]
+    # A point just under a label's first place (nearer to that label than its own point): the
+    # label takes its other side, and the second point's label its first place.
     assert place([(100.0, 100.0), (115.0, 101.0)], [40.0, 40.0], 8.0, [False, False]) == [
+        (-5.0, 5.0, "right"),
         (5.0, 5.0, "left"),
-        (5.0, -13.0, "left"),
     ]
     # A label does not cover another point when a free place exists.
     offsets = place([(100.0, 100.0), (120.0, 108.0)], [40.0, 10.0], 8.0, [False, True])
     assert offsets[0] == (-5.0, 5.0, "right")
+    # Two points one above the other: each label on its own point's far side, not between them
+    # where it would read as the other's (above the upper point, below the lower one).
+    pair = place([(100.0, 100.0), (100.0, 112.0)], [40.0, 40.0], 8.0, [False, False])
+    assert pair == [(5.0, -13.0, "left"), (5.0, 5.0, "left")]
     # Nowhere free: the first candidate.
     crowd = [(100.0, 100.0), (110.0, 108.0), (90.0, 108.0), (110.0, 88.0), (90.0, 88.0)]
     assert place(crowd, [40.0] * 5, 8.0, [False] * 5)[0] == (5.0, 5.0, "left")

@@ -138,13 +138,19 @@ def label_offsets(
     ``anchors`` are the points' positions and ``widths`` their labels' widths, in points; a label
     in the right half (``right``) prefers the left of its point. Each label takes the first of
     above its point on its preferred side, above on the other side, then below (same order), whose
-    box overlaps neither the labels placed before it nor another point; the first candidate when
-    all overlap.
+    box overlaps neither the labels placed before it nor another point and lies nearer to its own
+    point than to any other (so that two close points' labels cannot read as each other's); then
+    the first that only overlaps nothing; the first candidate when all overlap.
     """
     marker = 4.0  # half the side of the box kept free around each point
 
     def overlaps(a, b):
         return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    def distance(point, box):
+        dx = max(box[0] - point[0], 0.0, point[0] - box[2])
+        dy = max(box[1] - point[1], 0.0, point[1] - box[3])
+        return (dx * dx + dy * dy) ** 0.5
 
     points = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
     placed: list[tuple[float, float, float, float]] = []
@@ -153,14 +159,17 @@ def label_offsets(
         side = -1.0 if right[index] else 1.0
         candidates = [(s * gap, dy) for dy in (gap, -gap - height) for s in (side, -side)]
         others = placed + points[:index] + points[index + 1 :]
-        chosen = candidates[0]
+        other_anchors = anchors[:index] + anchors[index + 1 :]
+        free, nearest_free = [], []
         for dx, dy in candidates:
             x0 = x + dx if dx > 0 else x + dx - width
             box = (x0, y + dy, x0 + width, y + dy + height)
             if not any(overlaps(box, other) for other in others):
-                chosen = (dx, dy)
-                break
-        dx, dy = chosen
+                free.append((dx, dy))
+                own = distance((x, y), box)
+                if all(distance(a, box) > own for a in other_anchors):
+                    nearest_free.append((dx, dy))
+        dx, dy = (nearest_free or free or candidates)[0]
         x0 = x + dx if dx > 0 else x + dx - width
         placed.append((x0, y + dy, x0 + width, y + dy + height))
         offsets.append((dx, dy, "left" if dx > 0 else "right"))

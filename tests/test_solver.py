@@ -184,8 +184,8 @@ def test_sgd_is_the_default_optimizer_as_in_the_release() -> None:
 
 
 def test_adamw_step_by_hand_with_decoupled_weight_decay() -> None:
-    """AdamW's first step with betas (0.5, 0.25): m = 0.5 g, v = 0.25 g^2, bias-corrected to g and
-    g^2, so the update is lr * g / (|g| + eps) = lr * sign(g) (eps 1e-8 aside), after the
+    """AdamW's first step with betas (0.5, 0.25): m = (1 - 0.5) g, v = (1 - 0.25) g^2, bias-corrected
+    to g and g^2, so the update is lr * g / (|g| + eps) = lr * sign(g) (eps 1e-8 aside), after the
     decoupled decay p <- p * (1 - lr * wd). Weight 1, gradient 2, lr 0.1, wd 0.5:
     1 * (1 - 0.05) - 0.1 = 0.85. The per-kind groups and clipping apply as for SGD."""
     net = nn.Linear(1, 1)
@@ -209,6 +209,8 @@ def test_adamw_step_by_hand_with_decoupled_weight_decay() -> None:
         (dict(OPTIMIZER_NAME="Adam"), "OPTIMIZER_NAME must be one of 'SGD', 'AdamW', got 'Adam'"),
         (dict(OPTIMIZER_NAME="AdamW", BETAS=(0.9, 1.5)), "SOLVER.BETAS must be two numbers"),
         (dict(OPTIMIZER_NAME="AdamW", BETAS=(0.9,)), "SOLVER.BETAS must be two numbers"),
+        # Not a pair at all: the config itself refuses it (a tuple key), naming the key.
+        (dict(OPTIMIZER_NAME="AdamW", BETAS=0.9), "config key SOLVER.BETAS: expected a value"),
     ],
 )
 def test_bad_optimizer_settings_are_config_errors(solver: dict, match: str) -> None:

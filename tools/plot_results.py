@@ -157,21 +157,21 @@ def label_offsets(
     offsets = []
     for index, ((x, y), width) in enumerate(zip(anchors, widths)):
         side = -1.0 if right[index] else 1.0
-        candidates = [(s * gap, dy) for dy in (gap, -gap - height) for s in (side, -side)]
+        candidates = []  # (dx, dy, the label's box there)
+        for dy in (gap, -gap - height):
+            for dx in (side * gap, -side * gap):
+                x0 = x + dx if dx > 0 else x + dx - width
+                candidates.append((dx, dy, (x0, y + dy, x0 + width, y + dy + height)))
         others = placed + points[:index] + points[index + 1 :]
         other_anchors = anchors[:index] + anchors[index + 1 :]
-        free, nearest_free = [], []
-        for dx, dy in candidates:
-            x0 = x + dx if dx > 0 else x + dx - width
-            box = (x0, y + dy, x0 + width, y + dy + height)
-            if not any(overlaps(box, other) for other in others):
-                free.append((dx, dy))
-                own = distance((x, y), box)
-                if all(distance(a, box) > own for a in other_anchors):
-                    nearest_free.append((dx, dy))
-        dx, dy = (nearest_free or free or candidates)[0]
-        x0 = x + dx if dx > 0 else x + dx - width
-        placed.append((x0, y + dy, x0 + width, y + dy + height))
+        free = [c for c in candidates if not any(overlaps(c[2], other) for other in others)]
+        nearest_free = [
+            c
+            for c in free
+            if all(distance(a, c[2]) > distance((x, y), c[2]) for a in other_anchors)
+        ]
+        dx, dy, box = (nearest_free or free or candidates)[0]
+        placed.append(box)
         offsets.append((dx, dy, "left" if dx > 0 else "right"))
     return offsets
 
@@ -190,9 +190,13 @@ def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> N
         ("ms", "ms per image (whole model)"),
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def group_of(point: dict[str, Any]) -> str:  # a dynamic family, or one static experiment
+        return family(point["name"]) if point["dynamic"] else point["name"]
+
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for point in points:
-        groups[family(point["name"]) if point["dynamic"] else point["name"]].append(point)
+        groups[group_of(point)].append(point)
     legend: dict[str, Any] = {}  # label -> handle, over both panels
     labels: list[tuple[Any, str, list[dict[str, Any]]]] = []  # (axes, key, points shown)
     for ax, (key, label) in zip(axes, panels):
@@ -238,8 +242,7 @@ def draw(points: list[dict[str, Any]], out: Path, title: str | None = None) -> N
             continue
         xs = [p[key] for p in shown]
         middle = (min(xs) + max(xs)) / 2
-        texts = [point_text(p, len(groups[family(p["name"]) if p["dynamic"] else p["name"]]))
-                 for p in shown]  # fmt: skip
+        texts = [point_text(p, len(groups[group_of(p)])) for p in shown]
         anchors = [
             tuple(v * to_points for v in ax.transData.transform((p[key], p["ap"]))) for p in shown
         ]

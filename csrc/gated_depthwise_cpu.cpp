@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -124,67 +125,101 @@ __attribute__((target("avx2,fma"))) inline void conv16(const float* x, const flo
   }
 }
 
-// Bytes of input (three rows of a strip of columns) the statistics pass keeps in the L2 cache.
-constexpr int64_t kStripBytes = 192 << 10;
+// Columns per tile of the statistics pass: the four input rows a tile reads (4 x 66 pixels of
+// 256 channels, 264 KB) stay in the L2 cache from one pair of output rows to the next.
+constexpr int64_t kStatsTileColumns = 64;
+// Output rows per job of the statistics pass (an even number: rows are taken in pairs).
+constexpr int64_t kStatsBandRows = 16;
 
-// Adds, per channel, the sum and sum of squares of the convolution output over the columns
-// [xs, xe) of one output row. `rows` are the three input rows above / at / below it
-// (channels-last; a missing row points to `zeros`, as does a tap outside the image). The caller
-// walks a strip of columns from the top row to the bottom one, so that the strip of the three
-// input rows stays in the L2 cache (a whole 256-channel row of P3 is 172 KB). Four columns at a
-// time, 16 channels per step: eight independent accumulation chains in registers hide the FMA
-// latency, and each weight vector loaded serves four columns. Pixels are read whole (contiguous
-// channels). Sums are float within the row, double across rows.
-__attribute__((target("avx2,fma"))) void dw_row_stats(const float* const* rows,
-                                                      const float* zeros, const float* w9,
-                                                      const float* bias, int64_t w, int64_t c,
-                                                      int64_t xs, int64_t xe, float* row_sum,
-                                                      float* row_sq, double* sum, double* sq) {
-  for (int64_t ch = 0; ch < c; ++ch) {
-    row_sum[ch] = 0.f;
-    row_sq[ch] = 0.f;
-  }
-  for (int64_t x0 = xs; x0 < xe; x0 += 4) {
-    const int count = static_cast<int>(std::min<int64_t>(4, xe - x0));
-    const float* src[9][4];
-    for (int ky = 0; ky < 3; ++ky) {
-      for (int kx = 0; kx < 3; ++kx) {
-        for (int p = 0; p < 4; ++p) {
-          const int64_t x2 = x0 + p + kx - 1;
-          const bool inside = p < count && x2 >= 0 && x2 < w;
-          src[ky * 3 + kx][p] = inside ? rows[ky] + x2 * c : zeros;
-        }
+// The depthwise weight [C, 1, 3, 3] as [C / 16][9][16]: the nine taps of 16 channels contiguous.
+at::Tensor pack_stats_weight(const at::Tensor& weight) {
+  const int64_t c = weight.size(0);
+  return weight.reshape({c / 16, 16, 9}).permute({0, 2, 1}).contiguous().to(at::kFloat);
+}
+
+// One output column x of output rows y0 (input rows r[0..2]) and, when kTwoRows, y0 + 1 (input
+// rows r[1..3]), 16 channels (two vectors, lo / hi); the taps of column x - 1 / x + 1 only when
+// kLeft / kRight. k: the 16 channels' [9][16] weights.
+template <bool kTwoRows, bool kLeft, bool kRight>
+__attribute__((target("avx2,fma"), always_inline)) inline void dw_stats_column(
+    const float* const* r, const float* k, __m256 b_lo, __m256 b_hi, int64_t x, int64_t c,
+    __m256* s, __m256* q) {
+  __m256 a0[2] = {b_lo, b_hi}, a1[2] = {b_lo, b_hi};
+  for (int kx = 0; kx < 3; ++kx) {
+    if ((kx == 0 && !kLeft) || (kx == 2 && !kRight)) continue;
+    const int64_t at = (x + kx - 1) * c;
+    for (int h = 0; h < 2; ++h) {
+      const __m256 k0 = _mm256_loadu_ps(k + kx * 16 + 8 * h);
+      const __m256 k1 = _mm256_loadu_ps(k + (3 + kx) * 16 + 8 * h);
+      const __m256 k2 = _mm256_loadu_ps(k + (6 + kx) * 16 + 8 * h);
+      const __m256 v1 = _mm256_loadu_ps(r[1] + at + 8 * h);
+      const __m256 v2 = _mm256_loadu_ps(r[2] + at + 8 * h);
+      a0[h] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(r[0] + at + 8 * h), a0[h]);
+      a0[h] = _mm256_fmadd_ps(k1, v1, a0[h]);
+      a0[h] = _mm256_fmadd_ps(k2, v2, a0[h]);
+      if (kTwoRows) {
+        a1[h] = _mm256_fmadd_ps(k0, v1, a1[h]);
+        a1[h] = _mm256_fmadd_ps(k1, v2, a1[h]);
+        a1[h] = _mm256_fmadd_ps(k2, _mm256_loadu_ps(r[3] + at + 8 * h), a1[h]);
       }
     }
-    for (int64_t c0 = 0; c0 < c; c0 += 16) {
-      const __m256 b0 = bias ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
-      const __m256 b1 = bias ? _mm256_loadu_ps(bias + c0 + 8) : _mm256_setzero_ps();
-      __m256 lo[4] = {b0, b0, b0, b0}, hi[4] = {b1, b1, b1, b1};
-      for (int t = 0; t < 9; ++t) {
-        const __m256 k0 = _mm256_loadu_ps(w9 + t * c + c0);
-        const __m256 k1 = _mm256_loadu_ps(w9 + t * c + c0 + 8);
-        for (int p = 0; p < 4; ++p) {
-          lo[p] = _mm256_fmadd_ps(_mm256_loadu_ps(src[t][p] + c0), k0, lo[p]);
-          hi[p] = _mm256_fmadd_ps(_mm256_loadu_ps(src[t][p] + c0 + 8), k1, hi[p]);
-        }
-      }
-      __m256 s0 = _mm256_loadu_ps(row_sum + c0), s1 = _mm256_loadu_ps(row_sum + c0 + 8);
-      __m256 q0 = _mm256_loadu_ps(row_sq + c0), q1 = _mm256_loadu_ps(row_sq + c0 + 8);
-      for (int p = 0; p < count; ++p) {
-        s0 = _mm256_add_ps(s0, lo[p]);
-        s1 = _mm256_add_ps(s1, hi[p]);
-        q0 = _mm256_fmadd_ps(lo[p], lo[p], q0);
-        q1 = _mm256_fmadd_ps(hi[p], hi[p], q1);
-      }
-      _mm256_storeu_ps(row_sum + c0, s0);
-      _mm256_storeu_ps(row_sum + c0 + 8, s1);
-      _mm256_storeu_ps(row_sq + c0, q0);
-      _mm256_storeu_ps(row_sq + c0 + 8, q1);
+  }
+  for (int h = 0; h < 2; ++h) {
+    s[h] = _mm256_add_ps(s[h], a0[h]);
+    q[h] = _mm256_fmadd_ps(a0[h], a0[h], q[h]);
+    if (kTwoRows) {
+      s[h] = _mm256_add_ps(s[h], a1[h]);
+      q[h] = _mm256_fmadd_ps(a1[h], a1[h], q[h]);
     }
   }
-  for (int64_t ch = 0; ch < c; ++ch) {
-    sum[ch] += row_sum[ch];
-    sq[ch] += row_sq[ch];
+}
+
+// Adds, per channel, the sum and sum of squares of y = depthwise_conv3x3(x) + bias over the
+// columns [xs, xe) of output row y0, and of row y0 + 1 when kTwoRows. `rows` are the input rows
+// y0 - 1 .. y0 + 2 (channels-last; a row outside the map points to a zero row), `next` the rows
+// y0 + 3 and y0 + 4 (prefetched; a zero row when outside); `k16` the weight
+// packed by pack_stats_weight. Sixteen channels (one cache line of a pixel) at a time, walking
+// the columns, so that each line is read for all six outputs of the two rows that use it while it
+// is in L1. Sums are float within the tile, double across.
+template <bool kTwoRows>
+__attribute__((target("avx2,fma"))) void dw_stats_rows(const float* const* rows,
+                                                       const float* const* next, const float* k16,
+                                                       const float* bias, int64_t w, int64_t c,
+                                                       int64_t xs, int64_t xe, double* sum,
+                                                       double* sq) {
+  for (int64_t c0 = 0; c0 < c; c0 += 16) {
+    const float* k = k16 + c0 * 9;
+    const __m256 b_lo = bias ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
+    const __m256 b_hi = bias ? _mm256_loadu_ps(bias + c0 + 8) : _mm256_setzero_ps();
+    const float* r[4] = {rows[0] + c0, rows[1] + c0, rows[2] + c0, rows[3] + c0};
+    __m256 s[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 q[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t x = xs;
+    if (x == 0) {
+      if (w == 1) {
+        dw_stats_column<kTwoRows, false, false>(r, k, b_lo, b_hi, x, c, s, q);
+      } else {
+        dw_stats_column<kTwoRows, false, true>(r, k, b_lo, b_hi, x, c, s, q);
+      }
+      ++x;
+    }
+    for (const int64_t interior_end = std::min(xe, w - 1); x < interior_end; ++x) {
+      // This line of the next pair's two new rows, into L2 ahead of their walk (the hardware
+      // prefetcher does not follow walks with a stride of one pixel).
+      _mm_prefetch(reinterpret_cast<const char*>(next[0] + x * c + c0), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(next[1] + x * c + c0), _MM_HINT_T1);
+      dw_stats_column<kTwoRows, true, true>(r, k, b_lo, b_hi, x, c, s, q);
+    }
+    if (x < xe) dw_stats_column<kTwoRows, true, false>(r, k, b_lo, b_hi, x, c, s, q);  // w - 1
+    alignas(32) float s16[16], q16[16];
+    _mm256_store_ps(s16, s[0]);
+    _mm256_store_ps(s16 + 8, s[1]);
+    _mm256_store_ps(q16, q[0]);
+    _mm256_store_ps(q16 + 8, q[1]);
+    for (int l = 0; l < 16; ++l) {
+      sum[c0 + l] += s16[l];
+      sq[c0 + l] += q16[l];
+    }
   }
 }
 
@@ -277,36 +312,41 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
   const float* wp = w9.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   const bool fast = use_avx2_kernels();
-  const bool fast_stats = fast && c % 32 == 0;  // the AVX2 statistics take 32 channels a step
+  const bool fast_stats = fast && c % 16 == 0;  // the AVX2 statistics take 16 channels a step
   const int64_t threads = at::get_num_threads();
 
   // Pass 1: per image and channel, sum and sum of squares of the convolution output.
   std::vector<float> scale(n * c, 1.f), shift(n * c, 0.f);
   if (num_groups > 0) {
     std::vector<double> partial(threads * n * c * 2, 0.0);
-    // A zero pixel row: the input above the first / below the last row (fast path only).
-    const std::vector<float> zeros(fast_stats ? w * c : 0, 0.f);
 #ifdef CVPODS_HAVE_AVX2_DW
     if (fast_stats) {
-      // Vertical strips of columns whose three-row window (3 x (strip + 2) pixels) fits in L2.
-      const int64_t strip =
-          std::max<int64_t>(8, (avx2::kStripBytes / (3 * c * 4) - 2) & ~int64_t{3});
-      const int64_t strips = (w + strip - 1) / strip;
-      at::parallel_for(0, n * strips, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> row_sum(c), row_sq(c);
+      // Jobs: (image, tile of columns, band of rows); each walks its band in pairs of rows.
+      const int64_t tiles = (w + avx2::kStatsTileColumns - 1) / avx2::kStatsTileColumns;
+      const int64_t tile = (w + tiles - 1) / tiles;  // equal tiles
+      const int64_t bands = (h + avx2::kStatsBandRows - 1) / avx2::kStatsBandRows;
+      const at::Tensor k16 = avx2::pack_stats_weight(weight);
+      const float* kp = k16.data_ptr<float>();
+      const std::vector<float> zeros(w * c, 0.f);  // the rows above the first / below the last
+      at::parallel_for(0, n * tiles * bands, 1, [&](int64_t begin, int64_t end) {
         double* mine = partial.data() + at::get_thread_num() * n * c * 2;
         for (int64_t job = begin; job < end; ++job) {
-          const int64_t image = job / strips, xs = (job % strips) * strip;
-          const int64_t xe = std::min(w, xs + strip);
+          const int64_t image = job / (tiles * bands);
+          const int64_t xs = (job / bands % tiles) * tile, xe = std::min(w, xs + tile);
+          const int64_t ys = job % bands * avx2::kStatsBandRows;
+          const int64_t ye = std::min(h, ys + avx2::kStatsBandRows);
           double* sum = mine + image * c * 2;
-          for (int64_t y = 0; y < h; ++y) {
-            const float* rows[3];
-            for (int ky = 0; ky < 3; ++ky) {
-              const int64_t yy = y + ky - 1;
-              rows[ky] = yy < 0 || yy >= h ? zeros.data() : xp + (image * h + yy) * w * c;
+          for (int64_t y = ys; y < ye; y += 2) {
+            const float* rows[6];  // input rows y - 1 .. y + 4
+            for (int i = 0; i < 6; ++i) {
+              const int64_t yy = y + i - 1;
+              rows[i] = yy < 0 || yy >= h ? zeros.data() : xp + (image * h + yy) * w * c;
             }
-            avx2::dw_row_stats(rows, zeros.data(), wp, bp, w, c, xs, xe, row_sum.data(),
-                               row_sq.data(), sum, sum + c);
+            if (y + 1 < ye) {
+              avx2::dw_stats_rows<true>(rows, rows + 4, kp, bp, w, c, xs, xe, sum, sum + c);
+            } else {
+              avx2::dw_stats_rows<false>(rows, rows + 4, kp, bp, w, c, xs, xe, sum, sum + c);
+            }
           }
         }
       });

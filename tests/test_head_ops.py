@@ -135,6 +135,52 @@ def test_gated_depthwise_statistics_at_every_border(height, width) -> None:
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("outputs", [1, 2, 3])
+def test_gate_conv2d_row_bands(threads, outputs) -> None:
+    """The AVX2 path projects each input row once into a ring of three rows, per band of output
+    rows (one band per thread, whose border rows are projected twice): an odd height split into
+    uneven bands, wider than a SIMD step, against float64."""
+    gen = torch.Generator().manual_seed(outputs)
+    x = torch.randn(2, 32, 19, 70, generator=gen)
+    weight = torch.randn(outputs, 32, 3, 3, generator=gen)
+    bias = torch.randn(outputs, generator=gen)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.ops.cvpods.gate_conv2d(
+            x.contiguous(memory_format=torch.channels_last), weight, bias
+        )
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("height,width", [(35, 131), (16, 64), (17, 65)])
+def test_gated_depthwise_statistics_over_tiles_and_bands(threads, height, width) -> None:
+    """The statistics pass walks tiles of at most 64 columns and bands of 16 rows in pairs of
+    rows: maps of several tiles and bands, with a last band of an odd number of rows, on one and
+    two threads."""
+    gen = torch.Generator().manual_seed(height * 1000 + width)
+    x = torch.randn(2, 32, height, width, generator=gen) * 3 + 1
+    weight, bias = torch.randn(32, 1, 3, 3, generator=gen), torch.randn(32, generator=gen)
+    gn_weight, gn_bias = torch.rand(32, generator=gen), torch.randn(32, generator=gen)
+    gate = torch.ones(2, 1, height, width)
+    expected = gated_depthwise_reference(x, weight, bias, 8, gn_weight, gn_bias, gate)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.ops.cvpods.gated_depthwise(
+            x.contiguous(memory_format=torch.channels_last), weight, bias, 8, gn_weight,
+            gn_bias, 1e-5, gate,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def fuse_neighbours_reference(x, finer, coarser, scale_weight, output_weight) -> torch.Tensor:
     """float64: x * output_weight + scale_weight * (resize(finer) + resize(coarser)), bilinear
     with align_corners=True, as the scale-fusion stage computes it with library operators."""

@@ -19,6 +19,13 @@ from .weight_init import init_head_layers
 from .wrappers import Conv2d
 
 
+def dilated_gate(gate: torch.Tensor) -> torch.Tensor:
+    """``[N, G, H, W]`` -> ``[N, 1, H, W]``: each position's largest gate value over its 3x3
+    neighbourhood and the gate maps: how much of a depth cell's conv1 (which conv2 reads in a 3x3
+    window) a position needs."""
+    return F.max_pool2d(gate, kernel_size=3, stride=1, padding=1).amax(dim=1, keepdim=True)
+
+
 class ResidualBranch(nn.Module):
     """``conv2(relu(conv1(x)))`` with 3x3 convs + norm, ``channels`` in and out."""
 
@@ -123,12 +130,14 @@ class DynamicDepthCell(nn.Module):
         self.add_cost(collector, gate)
         return collector.total
 
-    def add_cost(self, costs: CostCollector, gate: torch.Tensor) -> None:
-        """Add :meth:`cost` of ``gate [N, G, H, W]`` to ``costs``."""
+    def add_cost(
+        self, costs: CostCollector, gate: torch.Tensor, dilated: torch.Tensor | None = None
+    ) -> None:
+        """Add :meth:`cost` of ``gate [N, G, H, W]`` to ``costs`` (``dilated``: its
+        :func:`dilated_gate`, when the caller has it already)."""
         conv1_cost, conv2_cost = self.bottleneck.conv_costs()
-        dilated = F.max_pool2d(gate, kernel_size=3, stride=1, padding=1).amax(dim=1, keepdim=True)
         costs.add_unit(gate, conv2_cost)
-        costs.add_unit(dilated, conv1_cost)
+        costs.add_unit(dilated_gate(gate) if dilated is None else dilated, conv1_cost)
 
     def forward(
         self, x: torch.Tensor, costs: CostCollector | None = None, level: int = 0
@@ -141,13 +150,15 @@ class DynamicDepthCell(nn.Module):
             level: index of ``x``'s pyramid level (finest first), for the recorded gate map.
         """
         gate = self.gate(x)
+        dilated = dilated_gate(gate)
         if costs is not None:
-            self.add_cost(costs, gate)
+            self.add_cost(costs, gate, dilated)
             costs.add_depth_gate(level, gate)
         if self.training:
             return F.relu(self.gate.modulate(self.bottleneck(x), gate) + x)
+        # Gates are >= 0: the dilated gate is non-zero exactly on the 3x3 neighbourhoods of the
+        # open positions, where conv2 reads conv1.
         open_ = (gate.detach() != 0).any(dim=1)
-        dilated = F.max_pool2d(open_[:, None].to(x.dtype), 3, stride=1, padding=1)[:, 0] > 0
         return self.bottleneck.sparse_forward(
-            x, dilated, open_, gate=gate, conv1_mask_is_dilated=True
+            x, dilated.detach()[:, 0] > 0, open_, gate=gate, conv1_mask_is_dilated=True
         )

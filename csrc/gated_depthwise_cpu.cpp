@@ -392,7 +392,7 @@ at::Tensor gated_depthwise_cpu(const at::Tensor& x, const at::Tensor& weight,
   }
 
   // Pass 2: the normalized, gated output where a gate is open, zeros elsewhere.
-  at::Tensor out = at::empty({n, c, h, w}, x.options(), at::MemoryFormat::ChannelsLast);
+  at::Tensor out = pooled_empty({n, c, h, w}, x.options(), at::MemoryFormat::ChannelsLast);
   float* op = out.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   const int64_t maps = g.size(1);

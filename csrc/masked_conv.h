@@ -63,6 +63,10 @@ at::Tensor masked_conv2d_op(const at::Tensor& x, const at::Tensor& mask, const a
                             double dense_from, bool zero_inactive = true);
 
 // ---- CPU ----
+// at::empty for the operators' full-size CPU outputs, from a pool of reused, already faulted-in
+// blocks (buffer_pool.cpp; CVPODS_OUTPUT_POOL_MB, default 512, 0: plain at::empty).
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options,
+                        at::MemoryFormat format = at::MemoryFormat::Contiguous);
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t padding,
                              const Epilogue& post, const GatedResidual& residual = {},

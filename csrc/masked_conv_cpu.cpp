@@ -338,7 +338,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
   const int64_t cout = weight.size(0);
   const int64_t hw = g.h * g.w;
   const at::Tensor flags = (mask.scalar_type() == at::kBool ? mask : mask.gt(0)).contiguous();
-  at::Tensor out = at::empty({g.n, cout, g.h, g.w}, x.options(), at::MemoryFormat::ChannelsLast);
+  at::Tensor out = pooled_empty({g.n, cout, g.h, g.w}, x.options(), at::MemoryFormat::ChannelsLast);
   const at::Tensor active = active_positions(flags);
   const int64_t total = active.numel();
   // Inactive positions: relu(residual) (written by the residual pass below), zeros, or (when the

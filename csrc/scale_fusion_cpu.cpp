@@ -234,7 +234,7 @@ at::Tensor fuse_neighbours_cpu(const at::Tensor& x_in, const std::optional<at::T
   };
   const at::Tensor fg = gate_of(finer_gate), kg = gate_of(coarser_gate);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  at::Tensor out = at::empty({n, c, h, w}, x.options(), cl);
+  at::Tensor out = pooled_empty({n, c, h, w}, x.options(), cl);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fuse_neighbours",
                                   [&] {

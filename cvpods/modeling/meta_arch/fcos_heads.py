@@ -35,6 +35,7 @@ from ...layers import (
     init_head_layers,
 )
 from ...layers.batch_norm import GN_NUM_GROUPS
+from ...layers.few_output_conv import stacked_conv3x3
 from ...utils.registry import Registry
 
 #: FCOS heads by name; ``MODEL.FCOS.HEAD_NAME`` picks the one :class:`~cvpods.modeling.FCOS` builds.
@@ -135,12 +136,22 @@ class _FCOSPredictors(nn.Module):
         fusion_gate_maps: list[torch.Tensor] | None = None,
     ) -> FCOSHeadOutputs:
         """The predictions of the towers' outputs (per level ``[N, C, h_l, w_l]``), with the
-        head's ``cost`` and gate maps passed through (see :class:`FCOSHeadOutputs`)."""
+        head's ``cost`` and gate maps passed through (see :class:`FCOSHeadOutputs`).
+
+        The predictors reading the same tower output run as one few-output convolution
+        (:func:`~cvpods.layers.few_output_conv.stacked_conv3x3`: in training on CPU, a 1x1
+        convolution and a fold of the taps, the same function faster; else each conv)."""
         logits, bbox_reg, centerness = [], [], []
+        if self.centerness_on_reg:
+            cls_convs, bbox_convs = [self.cls_score], [self.bbox_pred, self.centerness]
+        else:
+            cls_convs, bbox_convs = [self.cls_score, self.centerness], [self.bbox_pred]
         for level, (cls_feat, bbox_feat) in enumerate(zip(cls_towers, bbox_towers)):
-            logits.append(self.cls_score(cls_feat))
-            centerness.append(self.centerness(bbox_feat if self.centerness_on_reg else cls_feat))
-            reg = self.scales[level](self.bbox_pred(bbox_feat))
+            cls_out = stacked_conv3x3(cls_convs, cls_feat)
+            bbox_out = stacked_conv3x3(bbox_convs, bbox_feat)
+            logits.append(cls_out[0])
+            centerness.append(bbox_out[1] if self.centerness_on_reg else cls_out[1])
+            reg = self.scales[level](bbox_out[0])
             if self.norm_reg_targets:
                 bbox_reg.append(F.relu(reg) * self.fpn_strides[level])
             else:

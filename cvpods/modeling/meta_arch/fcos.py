@@ -279,17 +279,51 @@ class FCOS(nn.Module):
         ``gt_centerness [N, R]`` (in [0, 1]; meaningful on foreground only).
         """
         gt_classes, gt_deltas, gt_centerness = [], [], []
+        # The shift generator hands every image the same list of levels: its locations, size
+        # ranges and sampling radii are laid out once per batch, not once per image.
+        tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         for shifts_per_image, targets_per_image in zip(shifts, targets):
-            classes, deltas, centerness = self._match_image(shifts_per_image, targets_per_image)
+            key = id(shifts_per_image)
+            if key not in tables:
+                tables[key] = self._location_table(shifts_per_image)
+            classes, deltas, centerness = self._match_image(tables[key], targets_per_image)
             gt_classes.append(classes)
             gt_deltas.append(deltas)
             gt_centerness.append(centerness)
         return torch.stack(gt_classes), torch.stack(gt_deltas), torch.stack(gt_centerness)
 
-    def _match_image(
-        self, shifts_per_level: list[torch.Tensor], targets: Instances
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _location_table(
+        self, shifts_per_level: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """All levels' locations ``[R, 2]``, each location's ``[min, max]`` size range ``[R, 2]``
+        and, with centre sampling, its sampling radius in pixels ``[R, 1]`` (its level's stride
+        times CENTER_SAMPLING_RADIUS; None without)."""
         shifts = torch.cat(shifts_per_level, dim=0)
+        num_levels = len(shifts_per_level)  # the first levels, when fewer are given
+        counts = torch.tensor([s.shape[0] for s in shifts_per_level], device=shifts.device)
+        size_ranges = shifts.new_tensor(
+            self.object_sizes_of_interest[:num_levels]
+        ).repeat_interleave(counts, dim=0)
+        radius = None
+        if self.center_sampling_radius > 0:
+            strides = self.fpn_strides[:num_levels]
+            radii = shifts.new_tensor([stride * self.center_sampling_radius for stride in strides])
+            radius = radii.repeat_interleave(counts)[:, None]
+        return shifts, size_ranges, radius
+
+    def _match_image(
+        self,
+        table: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        targets: Instances,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image's targets over the locations of :meth:`_location_table` (``table``):
+        ``classes [R]``, ``deltas [R, 4]``, ``centerness [R]``, every level at once.
+
+        A location takes the smallest box that contains it (near its centre, with centre
+        sampling) and whose size suits the location's level, the first of equal ones; locations
+        without one are background, with the deltas and centerness of the first box.
+        """
+        shifts, size_ranges, radius = table
         num_shifts = shifts.shape[0]
         gt_boxes = targets.gt_boxes
         if len(targets) == 0:
@@ -301,47 +335,33 @@ class FCOS(nn.Module):
                 shifts.new_zeros(num_shifts, 4),
                 shifts.new_zeros(num_shifts),
             )
-        size_ranges = torch.cat(
-            [
-                shifts.new_tensor(r).expand(s.shape[0], 2)
-                for s, r in zip(shifts_per_level, self.object_sizes_of_interest)
-            ]
-        )
-        deltas = self.shift2box_transform.get_deltas(
-            shifts, gt_boxes.tensor.unsqueeze(1)
-        )  # [M, R, 4]
+        boxes = gt_boxes.tensor  # [M, 4]
+        deltas = self.shift2box_transform.get_deltas(shifts, boxes.unsqueeze(1))  # [M, R, 4]
 
-        if self.center_sampling_radius > 0:
-            centers = gt_boxes.get_centers()
-            inside = []
-            for stride, level_shifts in zip(self.fpn_strides, shifts_per_level):
-                radius = stride * self.center_sampling_radius
-                center_boxes = torch.cat(
-                    (
-                        torch.max(centers - radius, gt_boxes.tensor[:, :2]),
-                        torch.min(centers + radius, gt_boxes.tensor[:, 2:]),
-                    ),
-                    dim=-1,
-                )
-                center_deltas = self.shift2box_transform.get_deltas(
-                    level_shifts, center_boxes.unsqueeze(1)
-                )
-                inside.append(center_deltas.min(dim=-1).values > 0)
-            is_in_boxes = torch.cat(inside, dim=1)
+        if radius is not None:
+            # Foreground only within `radius` of the box centre (and inside the box).
+            centers = gt_boxes.get_centers().unsqueeze(1)  # [M, 1, 2]
+            center_boxes = torch.cat(
+                (
+                    torch.max(centers - radius, boxes[:, None, :2]),
+                    torch.min(centers + radius, boxes[:, None, 2:]),
+                ),
+                dim=-1,
+            )  # [M, R, 4]
+            center_deltas = self.shift2box_transform.get_deltas(shifts, center_boxes)
+            is_in_boxes = center_deltas.min(dim=-1).values > 0
         else:
             is_in_boxes = deltas.min(dim=-1).values > 0
 
-        max_deltas = deltas.max(dim=-1).values
-        in_size_range = (max_deltas >= size_ranges[None, :, 0]) & (
-            max_deltas <= size_ranges[None, :, 1]
-        )
-        areas = gt_boxes.area()[:, None].repeat(1, num_shifts)
-        areas[~is_in_boxes] = math.inf
-        areas[~in_size_range] = math.inf
-        # Several candidate boxes: the smallest one wins.
+        max_deltas = deltas.max(dim=-1).values  # [M, R]
+        in_size_range = (max_deltas >= size_ranges[:, 0]) & (max_deltas <= size_ranges[:, 1])
+        areas = torch.where(
+            is_in_boxes & in_size_range, gt_boxes.area()[:, None], math.inf
+        )  # [M, R]
+        # Several candidate boxes: the smallest one wins (the first of equal ones).
         min_area, matched = areas.min(dim=0)
 
-        matched_deltas = self.shift2box_transform.get_deltas(shifts, gt_boxes.tensor[matched])
+        matched_deltas = deltas[matched, torch.arange(num_shifts, device=matched.device)]
         classes = targets.gt_classes[matched].clone()
         classes[min_area == math.inf] = self.num_classes
         left_right = matched_deltas[:, [0, 2]]

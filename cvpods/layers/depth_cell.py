@@ -23,7 +23,10 @@ def dilated_gate(gate: torch.Tensor) -> torch.Tensor:
     """``[N, G, H, W]`` -> ``[N, 1, H, W]``: each position's largest gate value over its 3x3
     neighbourhood and the gate maps: how much of a depth cell's conv1 (which conv2 reads in a 3x3
     window) a position needs."""
-    return F.max_pool2d(gate, kernel_size=3, stride=1, padding=1).amax(dim=1, keepdim=True)
+    pooled = F.max_pool2d(gate, kernel_size=3, stride=1, padding=1)
+    # With one gate map (the release's setting) the maximum over the maps is the map itself: no
+    # extra pass over it, nor over its gradient in training.
+    return pooled if gate.shape[1] == 1 else pooled.amax(dim=1, keepdim=True)
 
 
 class ResidualBranch(nn.Module):

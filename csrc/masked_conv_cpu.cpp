@@ -14,7 +14,10 @@
 // Threads work on whole blocks (gather -> GEMM -> scatter in one parallel region, the GEMM itself
 // single-threaded), taking the next block from an atomic counter, rather than sharing each step:
 // two synchronizations per call instead of three per block, and no thread idles while another
-// one is descheduled, which matters when the cores are shared with other processes.
+// one is descheduled, which matters when the cores are shared with other processes. With too few
+// active rows for that (fewer than kBlocksPerThread blocks per thread: the coarse pyramid levels,
+// where one block would leave the other threads idle), the rows are gathered in parallel, the
+// GEMM is threaded by the BLAS itself and the scatter is parallel again.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
@@ -396,6 +399,26 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
         channels_last ? nullptr : row_of.data_ptr<int32_t>()};
     const scalar_t* bp = bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
+    if (threads > 1 && blocks < kBlocksPerThread * threads) {
+      // Too few rows for every thread to get whole blocks (the small pyramid levels): gather all
+      // rows, then one GEMM that the BLAS spreads over the threads itself (it splits the output
+      // columns, so each thread also reads only its part of the weight), then scatter.
+      at::Tensor col = at::empty({total, row_len}, x.options());
+      scalar_t* cp = col.data_ptr<scalar_t>();
+      at::parallel_for(0, total, 16, [&](int64_t begin, int64_t end) {
+        gather_block(src, act + begin, end - begin, cp + begin * row_len, g);
+      });
+      const at::Tensor res = gemm(col);
+      const scalar_t* rp = res.data_ptr<scalar_t>();
+      at::parallel_for(0, total, 16, [&](int64_t begin, int64_t end) {
+        double* mine =
+            groups > 0 ? partial.data() + at::get_thread_num() * g.n * groups * 2 : nullptr;
+        scatter_block<scalar_t>(rp + begin * cout, act + begin, end - begin, op, cout, hw, bp,
+                                post.relu && groups == 0, groups, mine);
+      });
+      if (groups > 0) finish_gn<scalar_t>(out, active, partial, threads, post);
+      return;
+    }
     // One parallel region: each thread gathers, multiplies (single-threaded GEMM: nested
     // parallelism is off inside the region) and scatters its own blocks.
     std::atomic<int64_t> next_block{0};

@@ -71,10 +71,11 @@ def uniform_mask(h: int, w: int, density: float, rng: np.random.Generator) -> to
     return torch.from_numpy(mask.reshape(h, w))
 
 
-def time_interleaved(
+def time_rounds(
     fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]
-) -> dict[str, float]:
-    """Median milliseconds of each function; one call of each per round, after one warm-up."""
+) -> dict[str, list[float]]:
+    """Milliseconds of each function in each of ``repeats`` rounds (one call of each per round,
+    in order), after one warm-up call of each."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
@@ -83,7 +84,14 @@ def time_interleaved(
             start = clock()
             fn()
             times[name].append((clock() - start) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]
+) -> dict[str, float]:
+    """Median milliseconds of each function over :func:`time_rounds`."""
+    return {name: statistics.median(ts) for name, ts in time_rounds(fns, repeats, clock).items()}
 
 
 def dense_fn(x: torch.Tensor, weight: torch.Tensor, gn: torch.nn.GroupNorm) -> Callable[[], object]:

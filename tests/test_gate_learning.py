@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from cvpods.configs import BaseDetectionConfig
 from cvpods.layers import SpatialGate
 from cvpods.layers.spatial_gate import GateCost
 from cvpods.modeling.losses import budget_loss, budget_loss_weight
-from cvpods.solver import get_param_groups
+from cvpods.solver import build_lr_scheduler, build_optimizer, get_param_groups
 from cvpods.utils.events import EventStorage
 
 
@@ -45,6 +46,28 @@ def test_gate_lr_factor_one_keeps_the_release_groups() -> None:
     block = _GatedBlock()
     names = [g["name"] for g in get_param_groups(block, 0.01, 1e-4, 0.0)]
     assert names == ["default", "bias", "norm"]
+
+
+def test_gate_lr_decay_off_keeps_the_gate_rate_after_the_steps() -> None:
+    """SOLVER.GATE_LR_DECAY False: the gates get their own group (also at factor 1), which the
+    schedule warms up but does not decay; every other group is decayed as before."""
+    cfg = BaseDetectionConfig()
+    cfg.merge_from_dict(
+        {"SOLVER.BASE_LR": 0.1, "SOLVER.GATE_LR_DECAY": False, "SOLVER.STEPS": (4,),
+         "SOLVER.MAX_ITER": 6, "SOLVER.WARMUP_ITERS": 2, "SOLVER.WARMUP_FACTOR": 0.5}
+    )  # fmt: skip
+    optimizer = build_optimizer(cfg, _GatedBlock())
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    rates = {g["name"]: [] for g in optimizer.param_groups}
+    for _ in range(6):
+        for group in optimizer.param_groups:
+            rates[group["name"]].append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert set(rates) == {"default", "bias", "norm", "gate"}
+    assert rates["gate"] == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.1, 0.1])
+    for name in ("default", "bias", "norm"):
+        assert rates[name] == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.01, 0.01])
 
 
 @pytest.mark.parametrize(

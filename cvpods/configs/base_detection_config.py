@@ -119,6 +119,9 @@ _DEFAULTS = dict(
         # release experiment; the short CPU schedules of the shapes experiments raise it so that
         # the gates can close within a few hundred iterations (see README, "shapes results").
         GATE_LR_FACTOR=1.0,
+        # False: the gates' learning rate keeps its post-warm-up value to the end (the schedule's
+        # steps / cosine decay leave the gates' group alone). True in every release experiment.
+        GATE_LR_DECAY=True,
         # Weight decay of biases; None: WEIGHT_DECAY (as in the release).
         WEIGHT_DECAY_BIAS=None,
         CLIP_GRADIENTS=dict(

@@ -39,11 +39,12 @@ def get_param_groups(
     bias_lr_factor: float = 1.0,
     weight_decay_bias: float | None = None,
     gate_lr_factor: float = 1.0,
+    separate_gates: bool = False,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``model`` into up to four groups.
 
     * ``"norm"``: parameters of normalisation layers: ``lr=base_lr``, ``weight_decay_norm``;
-    * ``"gate"`` (only when ``gate_lr_factor != 1``): the parameters of every
+    * ``"gate"`` (only when ``gate_lr_factor != 1`` or ``separate_gates``): the parameters of every
       :class:`~cvpods.layers.SpatialGate` (its gate conv's weight and bias):
       ``lr=base_lr * gate_lr_factor``, ``weight_decay``;
     * ``"bias"``: other parameters named ``bias``: ``lr=base_lr * bias_lr_factor``,
@@ -63,7 +64,7 @@ def get_param_groups(
         "gate": dict(lr=base_lr * gate_lr_factor, weight_decay=weight_decay),
     }
     gate_params: set[int] = set()
-    if gate_lr_factor != 1.0:
+    if gate_lr_factor != 1.0 or separate_gates:
         for module in model.modules():
             if isinstance(module, SpatialGate):
                 gate_params.update(id(p) for p in module.parameters())
@@ -166,7 +167,8 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     """The SOLVER.OPTIMIZER_NAME optimizer over :func:`get_param_groups` of ``model``.
 
     Uses SOLVER.BASE_LR, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, GATE_LR_FACTOR,
-    WEIGHT_DECAY_BIAS (``None``: the same as WEIGHT_DECAY, as in the release) and CLIP_GRADIENTS;
+    GATE_LR_DECAY (False: the gates get their own group even at factor 1), WEIGHT_DECAY_BIAS
+    (``None``: the same as WEIGHT_DECAY, as in the release) and CLIP_GRADIENTS;
     SOLVER.MOMENTUM for ``"SGD"`` (the default, as in the release), SOLVER.BETAS for ``"AdamW"``.
     """
     solver = cfg.SOLVER
@@ -185,6 +187,8 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
         bias_lr_factor=solver.BIAS_LR_FACTOR,
         weight_decay_bias=solver.get("WEIGHT_DECAY_BIAS"),
         gate_lr_factor=solver.get("GATE_LR_FACTOR", 1.0),
+        # A gate learning rate that the schedule does not decay needs the gates' own group.
+        separate_gates=not solver.get("GATE_LR_DECAY", True),
     )
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")

@@ -45,7 +45,11 @@ def warmup_factor_at_iter(
 
 
 class _WarmupLR(LRScheduler):
-    """Shared warm-up handling; subclasses define :meth:`_decay`."""
+    """Shared warm-up handling; subclasses define :meth:`_decay`.
+
+    ``undecayed_groups``: names (the ``"name"`` key of :func:`~cvpods.solver.get_param_groups`'
+    groups) of parameter groups that get the warm-up but not the decay, e.g. ``("gate",)``.
+    """
 
     def __init__(
         self,
@@ -54,6 +58,7 @@ class _WarmupLR(LRScheduler):
         warmup_iters: int = 1000,
         warmup_method: str = "linear",
         last_epoch: int = -1,
+        undecayed_groups: Sequence[str] = (),
     ) -> None:
         if warmup_method not in _WARMUP_METHODS:
             raise ValueError(
@@ -64,20 +69,21 @@ class _WarmupLR(LRScheduler):
         self.warmup_factor = float(warmup_factor)
         self.warmup_iters = int(warmup_iters)
         self.warmup_method = warmup_method
+        self.undecayed = [group.get("name") in undecayed_groups for group in optimizer.param_groups]
         super().__init__(optimizer, last_epoch)
 
     def _decay(self, iteration: int) -> float:
         raise NotImplementedError
 
-    def _factor(self, iteration: int) -> float:
-        warmup = warmup_factor_at_iter(
-            self.warmup_method, iteration, self.warmup_iters, self.warmup_factor
-        )
-        return warmup * self._decay(iteration)
-
     def get_lr(self) -> list[float]:
-        factor = self._factor(self.last_epoch)
-        return [base_lr * factor for base_lr in self.base_lrs]
+        warmup = warmup_factor_at_iter(
+            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
+        )
+        decay = self._decay(self.last_epoch)
+        return [
+            base_lr * warmup * (1.0 if undecayed else decay)
+            for base_lr, undecayed in zip(self.base_lrs, self.undecayed)
+        ]
 
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
@@ -95,13 +101,16 @@ class WarmupMultiStepLR(_WarmupLR):
         warmup_iters: int = 1000,
         warmup_method: str = "linear",
         last_epoch: int = -1,
+        undecayed_groups: Sequence[str] = (),
     ) -> None:
         milestones = [int(m) for m in milestones]
         if milestones != sorted(milestones):
             raise ValueError(f"milestones must be increasing iterations, got {milestones}")
         self.milestones = milestones
         self.gamma = float(gamma)
-        super().__init__(optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch)
+        super().__init__(
+            optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch, undecayed_groups
+        )
 
     def _decay(self, iteration: int) -> float:
         return self.gamma ** bisect.bisect_right(self.milestones, iteration)
@@ -118,11 +127,14 @@ class WarmupCosineLR(_WarmupLR):
         warmup_iters: int = 1000,
         warmup_method: str = "linear",
         last_epoch: int = -1,
+        undecayed_groups: Sequence[str] = (),
     ) -> None:
         if max_iters <= 0:
             raise ValueError(f"max_iters must be > 0, got {max_iters}")
         self.max_iters = int(max_iters)
-        super().__init__(optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch)
+        super().__init__(
+            optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch, undecayed_groups
+        )
 
     def _decay(self, iteration: int) -> float:
         progress = min(iteration, self.max_iters) / self.max_iters
@@ -132,7 +144,8 @@ class WarmupCosineLR(_WarmupLR):
 def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRScheduler:
     """The schedule named by SOLVER.LR_SCHEDULER_NAME (``WarmupMultiStepLR``/``WarmupCosineLR``).
 
-    Uses SOLVER.STEPS, GAMMA, MAX_ITER, WARMUP_FACTOR, WARMUP_ITERS and WARMUP_METHOD.
+    Uses SOLVER.STEPS, GAMMA, MAX_ITER, WARMUP_FACTOR, WARMUP_ITERS and WARMUP_METHOD; with
+    SOLVER.GATE_LR_DECAY False the spatial gates' group (``"gate"``) is not decayed.
     """
     solver = cfg.SOLVER
     name = solver.LR_SCHEDULER_NAME
@@ -144,6 +157,7 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRSchedule
         warmup_factor=solver.WARMUP_FACTOR,
         warmup_iters=solver.WARMUP_ITERS,
         warmup_method=solver.WARMUP_METHOD,
+        undecayed_groups=() if solver.get("GATE_LR_DECAY", True) else ("gate",),
     )
     if name == "WarmupMultiStepLR":
         steps = list(solver.STEPS)

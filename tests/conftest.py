@@ -49,6 +49,14 @@ def _compact_module():
     return module
 
 
+def load_tool(name: str):
+    """The script ``tools/<name>.py`` loaded as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_experiment(name: str):
     """``(config, build_model)`` of ``cvpods_playground/<name>`` (a fresh config each call)."""
     return load_experiment_folder(str(PLAYGROUND / name))

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_head", REPO / "tools" / "benchmark_head.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark_head = _tool()
+benchmark_head = load_tool("benchmark_head")
 
 
 def test_per_round_range_pairs_each_dynamic_call_with_its_rounds_fixed_call() -> None:

@@ -10,7 +10,6 @@ against its full cost from tools/head_flops.py.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_tool
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from test_engine_support import one_torch_thread  # noqa: F401
@@ -127,9 +127,7 @@ def resized(height: int, width: int, short: int, max_size: int) -> tuple[int, in
 
 def full_head_gflops(folder: Path, size: tuple[int, int], capsys) -> float:
     """The head's cost with every position computed, from tools/head_flops.py (MACs / 2**30)."""
-    spec = importlib.util.spec_from_file_location("head_flops", REPO / "tools" / "head_flops.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("head_flops")
     capsys.readouterr()
     tool.main([str(folder), "--size", str(size[0]), str(size[1])])
     macs = re.search(r"\(([0-9.e+]+) MACs\)", capsys.readouterr().out).group(1)

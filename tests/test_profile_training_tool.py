@@ -3,12 +3,11 @@ model's functions left as they were."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
-from conftest import PLAYGROUND, REPO
+from conftest import PLAYGROUND, load_tool
 
 from cvpods.layers import depth_cell, head_stage
 from cvpods.modeling.meta_arch import fcos
@@ -25,12 +24,7 @@ TINY = [
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "profile_training", REPO / "tools" / "profile_training.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("profile_training")
 
 
 @pytest.fixture

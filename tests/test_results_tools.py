@@ -7,7 +7,6 @@ log.txt / metrics.json and the output of ``tools/benchmark_head.py --trained``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "results"
@@ -23,16 +23,9 @@ ROWS = sorted((FIXTURES / "rows").glob("*.json"))
 RPN_ROWS = sorted((FIXTURES / "rpn_rows").glob("*.json"))
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-collect_results = _tool("collect_results")
-results_table = _tool("results_table")
-plot_results = _tool("plot_results")
+collect_results = load_tool("collect_results")
+results_table = load_tool("results_table")
+plot_results = load_tool("plot_results")
 
 #: The table of the five rows, checked by hand (e.g. % of full: 0.7634 / 1.70251 = 44.8 % -> 45).
 EXPECTED_TABLE = (FIXTURES / "expected_table.md").read_text(encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -197,3 +198,62 @@ def test_gate_maps_are_outputs_on_request():
     ]
     assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in maps)
     assert float(maps[0].mean()) > 0
+
+
+def test_towers_side_by_side_give_the_sequential_outputs():
+    """With two intra-op threads the two towers run side by side (the box tower on a helper
+    thread, one intra-op thread each): outputs, costs and gate maps equal those of the towers
+    run one after the other, within the rounding of a different thread count."""
+    model = small_dynamic_model()
+    make_gates_sparse(model.head)
+    head = model.head.eval()
+    features = random_features(2)
+    threads_seen = {"cls": set(), "bbox": set()}
+    for tower in ("cls", "bbox"):
+        getattr(head, f"{tower}_subnet")[0].register_forward_hook(
+            lambda module, args, out, tower=tower: threads_seen[tower].add(
+                (threading.current_thread().name, torch.get_num_threads())
+            )
+        )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            head.towers_side_by_side = False
+            sequential = head(features, return_gate_maps=True)
+            head.towers_side_by_side = True
+            side_by_side = head(features, return_gate_maps=True)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(previous)
+    main = threading.current_thread().name
+    assert threads_seen["cls"] == {(main, 2), (main, 1)}
+    assert threads_seen["bbox"] == {(main, 2), ("cvpods-side-by-side", 1)}
+    for field in ("logits", "bbox_reg", "centerness"):
+        for ours, ref in zip(getattr(side_by_side, field), getattr(sequential, field)):
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    for field in ("soft", "used", "full"):
+        torch.testing.assert_close(
+            getattr(side_by_side.cost, field), getattr(sequential.cost, field)
+        )
+    assert 0 < float(sequential.cost.used.sum()) < float(sequential.cost.full.sum())
+    for name in ("gate_maps", "fusion_gate_maps"):
+        for ours, ref in zip(getattr(side_by_side, name), getattr(sequential, name)):
+            torch.testing.assert_close(ours, ref)
+
+
+def test_side_by_side_raises_the_helper_threads_error():
+    from cvpods.utils.parallel import run_side_by_side
+
+    def broken() -> None:
+        raise ValueError("from the helper thread")
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="from the helper thread"):
+            run_side_by_side(lambda: 1, broken)
+        assert torch.get_num_threads() == 2
+        assert run_side_by_side(lambda: "a", lambda: "b") == ("a", "b")
+    finally:
+        torch.set_num_threads(previous)

@@ -142,6 +142,26 @@ class CostCollector:
         total = GateCost(soft=soft, used=used, full=torch.full_like(used, self._full_macs))
         return total if self._added is None else total + self._added
 
+    def extend(self, other: CostCollector) -> None:
+        """Append everything ``other`` collected after what this one has, as if it had been
+        added here in the same order (e.g. a second tower collected on another thread)."""
+        if other._added is not None:
+            self.add(other._added)
+        self._gate_sums += other._gate_sums
+        self._open_counts += other._open_counts
+        self._macs_per_value += other._macs_per_value
+        self._full_macs += other._full_macs
+        for mine, theirs in (
+            (self._depth_gates, other._depth_gates),
+            (self._fusion_gates, other._fusion_gates),
+        ):
+            if mine is None or theirs is None:
+                continue
+            for level, maps in enumerate(theirs):
+                while len(mine) <= level:
+                    mine.append([])
+                mine[level].extend(maps)
+
     def add_depth_gate(self, level: int, gate: torch.Tensor) -> None:
         """Record a depth cell's gate map ``gate [N, G, H_l, W_l]`` on pyramid level ``level``
         (index into the head's levels, finest first); a no-op unless ``keep_gate_maps``."""

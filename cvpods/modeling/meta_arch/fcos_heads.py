@@ -36,6 +36,7 @@ from ...layers import (
 )
 from ...layers.batch_norm import GN_NUM_GROUPS
 from ...layers.few_output_conv import stacked_conv3x3
+from ...utils.parallel import can_run_side_by_side, run_side_by_side
 from ...utils.registry import Registry
 
 #: FCOS heads by name; ``MODEL.FCOS.HEAD_NAME`` picks the one :class:`~cvpods.modeling.FCOS` builds.
@@ -340,6 +341,11 @@ class FCOSDynamicHead(_FCOSPredictors):
         self.cls_subnet = nn.ModuleList([stage() for _ in range(stages)])
         self.bbox_subnet = nn.ModuleList([stage() for _ in range(stages)])
         self.build_predictors(prior_prob)
+        #: CPU inference with two or more intra-op threads runs the two towers side by side
+        #: (:func:`~cvpods.utils.parallel.run_side_by_side`), each with half of the threads: the
+        #: same outputs, up to the float rounding of a different thread count. False: one after
+        #: the other, all threads for each.
+        self.towers_side_by_side = True
 
     @classmethod
     def from_config(cls, cfg, input_shape: list[ShapeSpec]) -> dict:
@@ -360,14 +366,26 @@ class FCOSDynamicHead(_FCOSPredictors):
         """``features``: FPN levels ``[N, C, h_l, w_l]``, finest first. The outputs carry the
         per-image cost and, with ``return_gate_maps``, the depth cells' and the scale-fusion
         units' gate maps."""
-        costs = CostCollector(keep_gate_maps=return_gate_maps)
         if not self.training:  # the sparse inference path reads and writes channels-last maps
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
-        cls_levels, bbox_levels = list(features), list(features)
-        for cls_stage in self.cls_subnet:
-            cls_levels = cls_stage(cls_levels, costs)
-        for bbox_stage in self.bbox_subnet:
-            bbox_levels = bbox_stage(bbox_levels, costs)
+
+        def tower(stages: nn.ModuleList) -> tuple[list[torch.Tensor], CostCollector]:
+            costs = CostCollector(keep_gate_maps=return_gate_maps)
+            levels = list(features)
+            for stage in stages:
+                levels = stage(levels, costs)
+            return levels, costs
+
+        if self.towers_side_by_side and not self.training and can_run_side_by_side(features[0]):
+            (cls_levels, costs), (bbox_levels, bbox_costs) = run_side_by_side(
+                lambda: tower(self.cls_subnet), lambda: tower(self.bbox_subnet)
+            )
+        else:
+            (cls_levels, costs), (bbox_levels, bbox_costs) = (
+                tower(self.cls_subnet),
+                tower(self.bbox_subnet),
+            )
+        costs.extend(bbox_costs)  # the classification tower's units first, as they were added
         return self.predict(
             cls_levels, bbox_levels, costs.total, costs.gate_maps(), costs.fusion_gate_maps()
         )

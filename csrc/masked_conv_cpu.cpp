@@ -399,6 +399,10 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
         channels_last ? nullptr : row_of.data_ptr<int32_t>()};
     const scalar_t* bp = bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
+    // The calling thread's GroupNorm partial sums (nullptr without GroupNorm).
+    const auto my_partial = [&]() -> double* {
+      return groups > 0 ? partial.data() + at::get_thread_num() * g.n * groups * 2 : nullptr;
+    };
     if (threads > 1 && blocks < kBlocksPerThread * threads) {
       // Too few rows for every thread to get whole blocks (the small pyramid levels): gather all
       // rows, then one GEMM that the BLAS spreads over the threads itself (it splits the output
@@ -411,32 +415,28 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& mask, const 
       const at::Tensor res = gemm(col);
       const scalar_t* rp = res.data_ptr<scalar_t>();
       at::parallel_for(0, total, 16, [&](int64_t begin, int64_t end) {
-        double* mine =
-            groups > 0 ? partial.data() + at::get_thread_num() * g.n * groups * 2 : nullptr;
         scatter_block<scalar_t>(rp + begin * cout, act + begin, end - begin, op, cout, hw, bp,
-                                post.relu && groups == 0, groups, mine);
+                                post.relu && groups == 0, groups, my_partial());
       });
-      if (groups > 0) finish_gn<scalar_t>(out, active, partial, threads, post);
-      return;
+    } else {
+      // One parallel region: each thread gathers, multiplies (single-threaded GEMM: nested
+      // parallelism is off inside the region) and scatters its own blocks.
+      std::atomic<int64_t> next_block{0};
+      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        at::Tensor col = at::empty({block_rows, row_len}, x.options());
+        double* mine = my_partial();
+        for (int64_t b = next_block++; b < blocks; b = next_block++) {
+          const int64_t start = b * block_rows;
+          const int64_t rows = std::min(block_rows, total - start);
+          if (rows <= 0) break;
+          at::Tensor block = col.narrow(0, 0, rows);
+          gather_block(src, act + start, rows, block.data_ptr<scalar_t>(), g);
+          const at::Tensor res = gemm(block);
+          scatter_block<scalar_t>(res.data_ptr<scalar_t>(), act + start, rows, op, cout, hw, bp,
+                                  post.relu && groups == 0, groups, mine);
+        }
+      });
     }
-    // One parallel region: each thread gathers, multiplies (single-threaded GEMM: nested
-    // parallelism is off inside the region) and scatters its own blocks.
-    std::atomic<int64_t> next_block{0};
-    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-      at::Tensor col = at::empty({block_rows, row_len}, x.options());
-      double* mine =
-          groups > 0 ? partial.data() + at::get_thread_num() * g.n * groups * 2 : nullptr;
-      for (int64_t b = next_block++; b < blocks; b = next_block++) {
-        const int64_t start = b * block_rows;
-        const int64_t rows = std::min(block_rows, total - start);
-        if (rows <= 0) break;
-        at::Tensor block = col.narrow(0, 0, rows);
-        gather_block(src, act + start, rows, block.data_ptr<scalar_t>(), g);
-        const at::Tensor res = gemm(block);
-        scatter_block<scalar_t>(res.data_ptr<scalar_t>(), act + start, rows, op, cout, hw, bp,
-                                post.relu && groups == 0, groups, mine);
-      }
-    });
     if (groups > 0) finish_gn<scalar_t>(out, active, partial, threads, post);
   });
   if (residual.defined()) apply_gated_residual_cpu(out, flags, residual);

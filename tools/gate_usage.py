@@ -10,8 +10,8 @@ mode, batch 1, on the CPU over the first ``--images`` images of its first test d
 :class:`~cvpods.layers.SpatialGate` is counted over all the pyramid levels it runs on: open
 positions / positions (a gate with G groups counts each group's map). One Markdown row per unit
 (module path, kind, share open), then the head's computed share of its full cost on the same
-images. A unit at 0 % is skipped everywhere; one at 100 % everywhere: units that are either
-tell that the gates chose the head's depth rather than where in the image to compute.
+images. A unit at 0 % is never computed, one at 100 % everywhere; when every unit is near one
+or the other, the gates chose the head's depth rather than where in the image to compute.
 """
 
 from __future__ import annotations

@@ -2,16 +2,16 @@
 """Where a trained dynamic head computes: for every gated unit, the share of its positions whose
 gate is open (non-zero), over the first test images.
 
-    python tools/gate_usage.py cvpods_playground/<experiment> [--images 50] [--weights PATH]
-                               [KEY VALUE ...]
+    python tools/gate_usage.py cvpods_playground/<experiment> [--images 50] [KEY VALUE ...]
 
-The model loads the checkpoint ``cvpods_test`` would evaluate (or ``--weights``) and runs in eval
-mode, batch 1, on the CPU over the first ``--images`` images of its first test dataset. Each
-:class:`~cvpods.layers.SpatialGate` is counted over all the pyramid levels it runs on: open
-positions / positions (a gate with G groups counts each group's map). One Markdown row per unit
-(module path, kind, share open), then the head's computed share of its full cost on the same
-images. A unit at 0 % is never computed, one at 100 % everywhere; when every unit is near one
-or the other, the gates chose the head's depth rather than where in the image to compute.
+The model loads the checkpoint ``cvpods_test`` would evaluate (``MODEL.WEIGHTS path`` among the
+overrides, else the run's newest) and runs in eval mode, batch 1, on the CPU over the first
+``--images`` images of its first test dataset. Each :class:`~cvpods.layers.SpatialGate` is
+counted over all the pyramid levels it runs on: open positions / positions (a gate with G groups
+counts each group's map). One Markdown row per unit (module path, kind, share open), then the
+head's computed share of its full cost on the same images. A unit at 0 % is never computed, one
+at 100 % everywhere; when every unit is near one or the other, the gates chose the head's depth
+rather than where in the image to compute.
 """
 
 from __future__ import annotations
@@ -114,9 +114,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("experiment", type=Path, help="trained experiment folder")
     parser.add_argument("--images", type=int, default=50, help="test images (default: 50)")
-    parser.add_argument("--weights", default=None, help="checkpoint (default: cvpods_test's)")
     parser.add_argument("opts", nargs="*", default=[], help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come before or after the overrides
     if len(args.opts) % 2:
         parser.error(f"config overrides come as KEY VALUE pairs; got {args.opts}")
     return args
@@ -142,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = build_model(cfg).eval()
         if not any(isinstance(m, SpatialGate) for m in model.modules()):
             raise ExperimentError(f"{folder.name}: the model has no spatial gates")
-        weights = args.weights or find_weights_to_test(cfg, str(folder), args.opts)
+        weights = find_weights_to_test(cfg, str(folder), args.opts)
     except ExperimentError as error:
         print(f"gate_usage.py: {error}", file=sys.stderr)
         return 2

@@ -203,8 +203,8 @@ def _without_fcos(preset: dict) -> dict:
 #: (16-256 px, the shapes' sizes at 224-288 px inputs) and fewer proposals and sampled ROIs, to
 #: suit the small CPU budget. The schedule is shorter: 200 iterations of batch 8 (warm-up 50, LR
 #: x0.1 at 160), so that the deep RPN heads, which run on p2-p6 at twice the cost of an FCOS D4
-#: head, train in under 15 minutes on 2 CPU cores (3.2 s per iteration for the fixed D4 RPN head,
-#: 4.2 s for the dynamic one, whose training computes the gates as well).
+#: head, train in under 15 minutes on 2 CPU cores (about 3.5 s per iteration for the fixed D4 RPN
+#: head, 4.1-4.5 s for the dynamic ones, whose training computes the gates as well).
 SHAPES_R18_GN_FASTER_RCNN = _without_fcos(SHAPES_R18_GN_FROM_SCRATCH)
 SHAPES_R18_GN_FASTER_RCNN["SOLVER"] = {
     **SHAPES_R18_GN_FROM_SCRATCH["SOLVER"],

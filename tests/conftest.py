@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,9 +51,12 @@ def _compact_module():
 
 
 def load_tool(name: str):
-    """The script ``tools/<name>.py`` loaded as a module (the tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    """The script ``tools/<name>.py`` loaded as a module (the tools are scripts, not a package),
+    registered in ``sys.modules`` as ``_tool_<name>`` (dataclasses look their module up there)."""
+    module_name = f"_tool_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 

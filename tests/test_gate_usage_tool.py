@@ -1,7 +1,11 @@
-"""tools/gate_usage.py: per gated unit, the share of positions its gate leaves open."""
+"""tools/gate_usage.py: per gated unit, the share of positions its gate leaves open and its mean
+gate value."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from conftest import PLAYGROUND, load_tool
 from test_dynamic_head_options import small_head_model
@@ -32,10 +36,12 @@ def test_closed_units_count_zero_and_open_ones_count_everything():
     closed = ["head.cls_subnet.0.depth_module.gate", "head.bbox_subnet.1.dynamic_convs.0.gate"]
     for name, gate in gates.items():
         _set_gate(gate, -5.0 if name in closed else 5.0)
-    shares, used_fraction = tool.gate_usage(model, _images(3), images=2)
-    assert set(shares) == set(gates)
-    for name, share in shares.items():
-        assert share == (0.0 if name in closed else 1.0), name
+    usage, used_fraction = tool.gate_usage(model, _images(3), images=2)
+    assert set(usage) == set(gates)
+    open_value = (math.tanh(5.0 - 1.5) + math.tanh(1.5)) / (1 + math.tanh(1.5))  # GeReTanH(5)
+    for name, unit in usage.items():
+        assert unit.computed == (0.0 if name in closed else 1.0), name
+        assert unit.mean_gate == pytest.approx(0.0 if name in closed else open_value), name
     # Closed: one of the 4 depth cells (24 % of this head's cost) and one fusion unit (< 0.5 %).
     assert 0.70 < used_fraction < 0.78
     assert not model.head.cls_subnet[0].depth_module.gate._forward_hooks  # hooks removed
@@ -53,7 +59,7 @@ def test_counts_are_the_same_with_the_towers_side_by_side():
         model.head.towers_side_by_side = side_by_side
         results.append(tool.gate_usage(model, _images(2), images=2))
     assert results[0] == results[1]
-    assert any(0.0 < share < 1.0 for share in results[0][0].values())
+    assert any(0.0 < unit.computed < 1.0 for unit in results[0][0].values())
 
 
 def test_kinds_and_table():
@@ -61,8 +67,8 @@ def test_kinds_and_table():
     assert tool.unit_kind("head.cls_subnet.2.depth_module.gate") == "depth cell"
     assert tool.unit_kind("head.bbox_subnet.0.dynamic_convs.1.gate") == "fusion unit"
     assert tool.unit_kind("rpn.head.gate") == "gate"
-    text = tool.table({"head.cls_subnet.0.depth_module.gate": 0.25}, 0.5)
-    assert "| `head.cls_subnet.0.depth_module.gate` | depth cell | 25.0 % |" in text
+    text = tool.table({"head.cls_subnet.0.depth_module.gate": tool.UnitUsage(0.25, 0.2104)}, 0.5)
+    assert "| `head.cls_subnet.0.depth_module.gate` | depth cell | 25.0 % | 0.210 |" in text
     assert text.endswith("head cost computed: 50.0 % of its full cost")
 
 

@@ -1,11 +1,12 @@
-"""End-to-end: tools/quickstart.py trains, tests and runs the demo on a tiny schedule.
+"""End-to-end: tools/quickstart.py trains, tests and runs the demo on a small schedule.
 
-A copy of the default shapes experiment runs in ``tmp_path`` with a tiny shapes dataset (under
-``tmp_path``, via ``--datasets`` / ``$CVPODS_DATASETS``), small images and a few iterations; each
-step is a subprocess (``cvpods_train``, ``cvpods_test``, ``demo/demo.py``). Four iterations
-cannot support an AP floor: the score threshold is 0 so that detections are written, and the
-reported AP is checked against pycocotools run here on the written detections, the head's cost
-against its full cost (tools/head_flops.py), the reported minutes against the measured time.
+A copy of the default shapes experiment runs in ``tmp_path`` with a small shapes dataset (under
+``tmp_path``, via ``--datasets`` / ``$CVPODS_DATASETS``): 100 iterations of batch 4 at 128 px on
+48 training images, enough for the model to learn. Each step is a subprocess (``cvpods_train``,
+``cvpods_test``, ``demo/demo.py``). Checked: the training loss falls and the AP clears a floor
+this schedule reaches, the reported AP equals pycocotools run here on the written detections, the
+head's cost is within its full cost (tools/head_flops.py), the reported minutes are the measured
+time, and a second run reuses the finished training.
 """
 
 from __future__ import annotations
@@ -43,21 +44,21 @@ def _pipeline(short: int | tuple[int, ...], max_size: int) -> str:
 
 
 TINY_OVERRIDES = [
-    "SOLVER.MAX_ITER", "4",
-    "SOLVER.STEPS", "(3,)",
-    "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.CHECKPOINT_PERIOD", "2",
+    "SOLVER.MAX_ITER", "100",
+    "SOLVER.STEPS", "(80,)",
+    "SOLVER.WARMUP_ITERS", "20",
+    "SOLVER.IMS_PER_BATCH", "4",
+    "SOLVER.CHECKPOINT_PERIOD", "1000",
     "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.SHAPES.NUM_TRAIN", "6",
-    "DATASETS.SHAPES.NUM_VAL", "3",
-    "DATASETS.SHAPES.MIN_SIZE", "96",
-    "DATASETS.SHAPES.MAX_SIZE", "128",
+    "DATASETS.SHAPES.NUM_TRAIN", "48",
+    "DATASETS.SHAPES.NUM_VAL", "8",
+    "DATASETS.SHAPES.MIN_SIZE", "128",
+    "DATASETS.SHAPES.MAX_SIZE", "160",
+    "DATASETS.SHAPES.SEED", "3",
     "MODEL.DEVICE", "cpu",
     "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
-    "SEED", "1",
-    "INPUT.AUG.TRAIN_PIPELINES", _pipeline((96,), 128),
-    "INPUT.AUG.TEST_PIPELINES", _pipeline(96, 128),
+    "INPUT.AUG.TRAIN_PIPELINES", _pipeline((128,), 192),
+    "INPUT.AUG.TEST_PIPELINES", _pipeline(128, 192),
 ]  # fmt: skip
 
 
@@ -89,13 +90,21 @@ def test_quickstart_train_test_demo(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert match, f"unexpected last line: {last_line!r}"
     ap, ap50, gflops, percent_of_full, minutes = (float(x) for x in match.groups())
     assert 0.0 < minutes <= elapsed_minutes + 0.05  # printed with one decimal
+    # Floors with margin: this schedule measured AP 20.3, AP50 52.6 (runs are not bit-identical
+    # across thread counts). A broken model, target assignment or evaluation stays near 0.
+    assert ap >= 8.0, last_line
+    assert ap50 >= 20.0, last_line
 
     # Training outputs, inside the experiment copy; the data under the given dataset root.
     log = experiment / "log"
     for name in ("model_final.pth", "last_checkpoint", "log.txt", "config_dump.py", "metrics.json"):
         assert (log / name).is_file(), name
     assert (log / "last_checkpoint").read_text().strip() == "model_final.pth"
-    assert list((datasets / "shapes").glob("val_n3_*/annotations.json"))
+    assert list((datasets / "shapes").glob("val_n8_*/annotations.json"))
+    records = [json.loads(line) for line in (log / "metrics.json").read_text().splitlines()]
+    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    assert len(losses) >= 4, records
+    assert losses[-1] < 0.7 * losses[0], f"total loss did not fall: {losses}"
 
     # cvpods_test reproduced training's final metrics exactly.
     summary = json.loads((log / "quickstart" / "summary.json").read_text())
@@ -106,9 +115,9 @@ def test_quickstart_train_test_demo(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert results["bbox"]["AP"] == pytest.approx(ap, abs=0.05)
     assert results["bbox"]["AP50"] == pytest.approx(ap50, abs=0.05)
     assert summary["test_bbox"] == results["bbox"]
-    (gt_json,) = (datasets / "shapes").glob("val_n3_*/annotations.json")
+    (gt_json,) = (datasets / "shapes").glob("val_n8_*/annotations.json")
     assert_reported_metrics(results["bbox"], gt_json, inference / "coco_instances_results.json")
-    assert results["head_complexity"]["num_images"] == 3
+    assert results["head_complexity"]["num_images"] == 8
     assert results["head_complexity"]["avg_gflops"] == pytest.approx(gflops, abs=5e-4)
     complexity = results["head_complexity"]
     assert complexity["used_fraction"] == pytest.approx(
@@ -116,7 +125,7 @@ def test_quickstart_train_test_demo(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert percent_of_full == round(100 * complexity["used_fraction"])
     assert_head_cost_within_full(
-        results["head_complexity"], experiment, gt_json, short=96, max_size=128, capsys=capsys
+        results["head_complexity"], experiment, gt_json, short=128, max_size=192, capsys=capsys
     )
     assert "Final metrics" in (log / "quickstart" / "test.log").read_text()
 
@@ -125,7 +134,7 @@ def test_quickstart_train_test_demo(tmp_path: Path, capsys: pytest.CaptureFixtur
     for drawn_path in summary["demo_images"]:
         drawn = cv2.imread(drawn_path)
         assert drawn is not None, drawn_path
-        source = next((datasets / "shapes").glob(f"val_n3_*/images/{Path(drawn_path).name}"))
+        source = next((datasets / "shapes").glob(f"val_n8_*/images/{Path(drawn_path).name}"))
         assert drawn.shape == cv2.imread(str(source)).shape
         gates = Path(drawn_path).with_name(f"{Path(drawn_path).stem}_gates.jpg")
         assert cv2.imread(str(gates)) is not None, gates

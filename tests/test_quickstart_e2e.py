@@ -43,7 +43,7 @@ def _pipeline(short: int | tuple[int, ...], max_size: int) -> str:
     )
 
 
-TINY_OVERRIDES = [
+SMALL_SCHEDULE = [
     "SOLVER.MAX_ITER", "100",
     "SOLVER.STEPS", "(80,)",
     "SOLVER.WARMUP_ITERS", "20",
@@ -66,7 +66,7 @@ def _run_quickstart(experiment: Path, datasets: Path, *extra: str) -> subprocess
     env = dict(os.environ, OMP_NUM_THREADS="1", CVPODS_DATASETS=str(datasets))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, str(QUICKSTART), "--experiment", str(experiment)]
-    command += ["--datasets", str(datasets), "--num-demo-images", "2", *extra, *TINY_OVERRIDES]
+    command += ["--datasets", str(datasets), "--num-demo-images", "2", *extra, *SMALL_SCHEDULE]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"quickstart failed:\n{result.stdout[-4000:]}\n{result.stderr}"
     return result
